@@ -1,0 +1,113 @@
+"""The ``pulsar-bridge`` command: parse arguments, then hand over to the app.
+
+pulsar-bridge run     -c DIR     run the daemon until SIGTERM/SIGINT
+pulsar-bridge check   -c DIR     validate a config directory; exit 1 listing every problem
+pulsar-bridge emulate [...]      serve the local Databricks emulator
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge import __version__
+from bridge.config import Config, load_config
+from bridge.errors import ConfigError
+
+DEFAULT_CONFIG_DIR = Path("/etc/pulsar-bridge")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pulsar-bridge",
+        description="Relay Pulsar events through Databricks Model Serving to result topics.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    _config_arg(run)
+    run.add_argument(
+        "--log-format",
+        choices=["auto", "json", "console"],
+        help="override [observe] log_format (auto: console at a terminal, else JSON)",
+    )
+    run.set_defaults(handler=_run)
+
+    check = sub.add_parser("check", help="validate a config directory")
+    _config_arg(check)
+    check.set_defaults(handler=_check)
+
+    emulate = sub.add_parser("emulate", help="serve the local Databricks emulator")
+    from bridge.emulator.cli import add_arguments  # the emulator's options live with it
+
+    add_arguments(emulate)
+    emulate.set_defaults(handler=_emulate)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_DIR,
+        help=f"config directory with bridge.toml and routes/*.toml (default {DEFAULT_CONFIG_DIR})",
+    )
+
+
+def _load(directory: Path) -> Config | None:
+    try:
+        return load_config(directory)
+    except ConfigError as exc:
+        print(f"invalid configuration in {directory}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if config is None:
+        return 1
+    for route in config.routes:
+        target = route.endpoint.url or f"endpoint {route.endpoint.name}"
+        print(
+            f"route {route.name}: {', '.join(route.source.topics)} -> {target} "
+            f"-> {route.result.topic} (DLQ {route.dead_letter_topic})"
+        )
+    print(f"{args.config}: OK, {len(config.routes)} route(s)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge.app import Bridge
+    from bridge.observe import configure_logging
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    observe = config.bridge.observe
+    configure_logging(args.log_format or observe.log_format, observe.log_level)
+    code: int = asyncio.run(Bridge(config).run())
+    return code
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    from bridge.emulator.cli import run
+
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Logs and metrics: structlog configuration and the Prometheus metrics of every route.
+
+Logs are JSON lines on stdout (journald-friendly) or a console rendering at a terminal.
+A redaction processor drops anything that looks like a credential before rendering, as a
+second line of defence behind :class:`~bridge.secrets.Secret`. Metrics live in a
+registry owned by the daemon (no module-level collectors), labelled by route.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_SENSITIVE_KEYS = re.compile(r"(token|secret|password|authorization|credential)", re.I)
+_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+
+
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if _SENSITIVE_KEYS.search(key) and key not in ("token_refreshes",):
+            event_dict[key] = "**********"
+        elif isinstance(value, str) and "earer" in value:
+            event_dict[key] = _BEARER.sub(r"\1**********", value)
+    return event_dict
+
+
+def configure_logging(
+    fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
+) -> None:
+    """Configure structlog (and stdlib logging, which pulsar-client writes to) once."""
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processor=renderer)
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+
+
+def pulsar_client_logger() -> logging.Logger:
+    """The stdlib logger handed to pulsar-client: its INFO chatter is not ours to print."""
+    logger = logging.getLogger("pulsar")
+    logger.setLevel(logging.WARNING)
+    return logger
+
+
+class Metrics:
+    """Every Prometheus series the daemon exports, in one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("bridge_events_in", "Events consumed", ["route"], registry=r)
+        self.results_out = Counter(
+            "bridge_results_out", "Results published and acked", ["route"], registry=r
+        )
+        self.dead_lettered = Counter(
+            "bridge_dead_lettered", "Events sent to the dead-letter topic", ["route"], registry=r
+        )
+        self.nacked = Counter(
+            "bridge_nacked", "Events handed back to Pulsar for redelivery", ["route"], registry=r
+        )
+        self.requests = Counter(
+            "bridge_requests", "Endpoint requests by HTTP status", ["route", "status"], registry=r
+        )
+        self.retries = Counter("bridge_retries", "In-bridge request retries", ["route"], registry=r)
+        self.request_seconds = Histogram(
+            "bridge_request_seconds",
+            "Endpoint request latency",
+            ["route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+            registry=r,
+        )
+        self.batch_events = Histogram(
+            "bridge_batch_events",
+            "Events per request",
+            ["route"],
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+            registry=r,
+        )
+        self.in_flight = Gauge("bridge_in_flight", "Requests outstanding", ["route"], registry=r)
+        self.circuit_open = Gauge(
+            "bridge_circuit_open", "1 while the endpoint circuit is open", ["route"], registry=r
+        )
+        self.token_refreshes = Counter(
+            "bridge_token_refreshes", "OAuth tokens fetched", ["workspace"], registry=r
+        )
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a series (for status output and tests)."""
+        sample = self.registry.get_sample_value(name, labels)
+        return 0.0 if sample is None else sample
+
+
+class RouteMetrics:
+    """One route's view of :class:`Metrics`: label children bound once, plus plain counts.
+
+    The plain counts feed status output and the shutdown summary without reading
+    Prometheus internals; each method updates both so they cannot disagree.
+    """
+
+    def __init__(self, metrics: Metrics, route: str) -> None:
+        self._metrics = metrics
+        self.route = route
+        self._events_in = metrics.events_in.labels(route)
+        self._results_out = metrics.results_out.labels(route)
+        self._dead_lettered = metrics.dead_lettered.labels(route)
+        self._nacked = metrics.nacked.labels(route)
+        self._retries = metrics.retries.labels(route)
+        self._latency = metrics.request_seconds.labels(route)
+        self._batch = metrics.batch_events.labels(route)
+        self.in_flight = metrics.in_flight.labels(route)
+        self.circuit_open = metrics.circuit_open.labels(route)
+        self.events_in = 0
+        self.results_out = 0
+        self.dead_lettered = 0
+        self.nacked = 0
+        self.requests = 0
+        self.retries = 0
+        self.last_error: str | None = None
+        self.served_model: str | None = None
+
+    def consumed(self, n: int = 1) -> None:
+        self.events_in += n
+        self._events_in.inc(n)
+
+    def published(self, n: int) -> None:
+        self.results_out += n
+        self._results_out.inc(n)
+
+    def dead_letter(self, n: int = 1) -> None:
+        self.dead_lettered += n
+        self._dead_lettered.inc(n)
+
+    def nack(self, n: int) -> None:
+        self.nacked += n
+        self._nacked.inc(n)
+
+    def retry(self) -> None:
+        self.retries += 1
+        self._retries.inc()
+
+    def request(self, status: int | None, latency_s: float | None = None) -> None:
+        self.requests += 1
+        self._metrics.requests.labels(self.route, str(status or "error")).inc()
+        if latency_s is not None:
+            self._latency.observe(latency_s)
+
+    def batch(self, size: int) -> None:
+        self._batch.observe(size)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "events_in": self.events_in,
+            "results_out": self.results_out,
+            "dead_lettered": self.dead_lettered,
+            "nacked": self.nacked,
+            "requests": self.requests,
+            "retries": self.retries,
+        }

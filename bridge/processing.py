@@ -1,0 +1,278 @@
+"""One batch, from request to settled events: score, publish results, then ack.
+
+Every event of a batch ends in exactly one of three ways, and only these:
+
+* its result is published and confirmed, then the event is acked;
+* it is dead-lettered (published to the DLQ with an ``error`` reason), then acked;
+* it is nacked, so Pulsar redelivers it later.
+
+Failures sort as follows. A retriable failure (429, 5xx, connection errors) is retried in
+the bridge a few times (:class:`~bridge.retry.RetryPolicy`); if the circuit opens
+meanwhile the batch probes until the endpoint is back instead of spending redeliveries.
+When retries are spent the events are handed back: nacked, or dead-lettered once they
+have been redelivered ``max_redeliveries`` times. An *event* error (400, 413, 422, or a
+200 whose predictions do not line up) is bisected so only the offending events are
+dead-lettered; that costs at most log2(batch) extra requests per bad event. Any other
+permanent status (401 after a fresh token, 403, 404) says the route is broken, not the
+events: they are handed back like a transient failure, so nothing is lost to a
+misconfiguration and the reason shows in the logs and, eventually, in the DLQ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+from bridge.config import RouteSettings
+from bridge.errors import BrokerError, EndpointError, ResponseShapeError
+from bridge.events import Event, dead_letter_message, result_message
+from bridge.formats import build_body, predictions_of
+from bridge.observe import RouteMetrics
+from bridge.pulsar_io import Publisher, Received, Source
+from bridge.retry import Circuit, RetryPolicy
+from bridge.serving import Invocation, ServingClient
+
+EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
+log = structlog.get_logger("bridge.batch")
+
+
+class BatchProcessor:
+    """Turns batches of events into settled events for one route."""
+
+    def __init__(
+        self,
+        route: RouteSettings,
+        *,
+        source: Source,
+        results: Publisher,
+        dead_letters: Publisher,
+        serving: ServingClient,
+        circuit: Circuit,
+        metrics: RouteMetrics,
+        stopping: asyncio.Event | None = None,
+    ) -> None:
+        self._route = route
+        self._source = source
+        self._results = results
+        self._dead_letters = dead_letters
+        self._serving = serving
+        self._circuit = circuit
+        self._policy = RetryPolicy.from_settings(route.failure)
+        self._metrics = metrics
+        self._stopping = stopping or asyncio.Event()
+        self._max_redeliveries = route.failure.max_redeliveries
+
+    async def process(self, batch: Sequence[Event]) -> None:
+        """Settle every event of ``batch``; on cancellation, nack whatever is unsettled."""
+        try:
+            await self._score(list(batch))
+        except BaseException:
+            # Cancelled by a drain, or a bug: either way no event may be stranded unsettled.
+            self.nack([e for e in batch if not e.settled])
+            raise
+
+    # ------------------------------------------------------------------ scoring
+
+    async def _score(self, events: list[Event]) -> None:
+        body = orjson.dumps(
+            build_body(
+                [e.row for e in events], self._route.endpoint.format, self._route.endpoint.params
+            )
+        )
+        if len(body) > self._route.endpoint.max_payload_bytes:
+            if len(events) == 1:
+                limit = self._route.endpoint.max_payload_bytes
+                reason = f"event of {len(body)} bytes exceeds the payload limit {limit}"
+                await self._dead_letter_and_ack(events[0], reason)
+                return
+            await self._bisect(events)
+            return
+        started = time.monotonic()
+        try:
+            invocation = await self._invoke(body)
+            predictions = predictions_of(invocation.body, len(events))
+        except ResponseShapeError as exc:
+            await self._event_error(events, exc)
+            return
+        except EndpointError as exc:
+            self._metrics.last_error = exc.reason
+            if exc.status in EVENT_ERROR_STATUSES:
+                await self._event_error(events, exc)
+            else:
+                self._log_batch(events, started, "handed_back", exc)
+                await self.give_back(events, exc)
+            return
+        await self._publish(events, predictions, invocation)
+        self._log_batch(events, started, "ok", None, invocation.served_model)
+
+    async def _event_error(self, events: list[Event], exc: EndpointError) -> None:
+        if len(events) > 1:
+            await self._bisect(events)
+            return
+        log.warning(
+            "event_rejected",
+            route=self._route.name,
+            reason=exc.reason,
+            source_message_id=events[0].received.message_id,
+        )
+        await self._dead_letter_and_ack(events[0], exc.reason)
+
+    async def _bisect(self, events: list[Event]) -> None:
+        # Halves in order, one after the other, so results keep the source order.
+        middle = len(events) // 2
+        await self._score(events[:middle])
+        await self._score(events[middle:])
+
+    async def _invoke(self, body: bytes) -> Invocation:
+        """Call the endpoint with retries; while the circuit is open, probe instead."""
+        if self._circuit.is_open:
+            return await self._probe(body)
+        try:
+            invocation = await self._policy.call(
+                partial(self._request, body), on_retry=self._on_retry
+            )
+        except EndpointError as exc:
+            if exc.retriable and self._circuit.is_open:
+                return await self._probe(body)
+            raise
+        return invocation
+
+    async def _request(self, body: bytes) -> Invocation:
+        try:
+            invocation = await self._serving.invoke(body)
+        except EndpointError as exc:
+            self._metrics.request(exc.status)
+            if exc.retriable or exc.status not in EVENT_ERROR_STATUSES:
+                self._circuit.record_failure()
+            raise
+        self._metrics.request(200, invocation.elapsed_s)
+        self._circuit.record_success()
+        return invocation
+
+    async def _probe(self, body: bytes) -> Invocation:
+        """One batch at a time re-tries the open circuit with backoff until it answers."""
+        async with self._circuit.probe_lock:
+            if self._circuit.is_open:
+                return await self._policy.probe(
+                    partial(self._request, body),
+                    cap_s=self._route.failure.circuit_probe_max_s,
+                    stopping=self._stopping,
+                )
+        # Another batch's probe closed the circuit while this one waited for the lock.
+        return await self._policy.call(partial(self._request, body), on_retry=self._on_retry)
+
+    def _on_retry(self, exc: EndpointError, delay: float) -> None:
+        self._metrics.retry()
+        log.info(
+            "request_retry", route=self._route.name, reason=exc.reason, delay_s=round(delay, 3)
+        )
+
+    # ------------------------------------------------------------------ settling
+
+    async def _publish(
+        self, events: list[Event], predictions: list[Any], invocation: Invocation
+    ) -> None:
+        route = self._route
+        if invocation.served_model and invocation.served_model != self._metrics.served_model:
+            if self._metrics.served_model is not None:
+                log.info(
+                    "served_model_changed",
+                    route=route.name,
+                    previous=self._metrics.served_model,
+                    current=invocation.served_model,
+                )
+            self._metrics.served_model = invocation.served_model
+        sends = []
+        for event, prediction in zip(events, predictions, strict=True):
+            data, properties = result_message(
+                event,
+                prediction,
+                route=route.name,
+                passthrough=route.result.passthrough,
+                served_model=invocation.served_model,
+            )
+            sends.append(self._results.publish(data, properties, event.received.key))
+        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+        published = []
+        for event, outcome in zip(events, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                # Not confirmed by the broker: never ack; Pulsar redelivers the event.
+                self._metrics.last_error = str(outcome)
+                self.nack([event])
+            else:
+                published.append(event)
+        await self._ack(published)
+        self._metrics.published(len(published))
+
+    async def _ack(self, events: list[Event]) -> None:
+        for event in events:
+            event.settled = True
+        outcomes = await asyncio.gather(
+            *(self._source.ack(e.received) for e in events), return_exceptions=True
+        )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        if failed:
+            # The result is out; the event will come back and be scored again (a duplicate).
+            log.warning(
+                "ack_failed", route=self._route.name, count=len(failed), reason=str(failed[0])
+            )
+
+    def nack(self, events: Sequence[Event]) -> None:
+        """Hand events back to Pulsar for redelivery."""
+        for event in events:
+            event.settled = True
+            self._source.nack(event.received)
+        self._metrics.nack(len(events))
+
+    async def give_back(self, events: Sequence[Event], exc: EndpointError) -> None:
+        """Nack events for redelivery; those out of redeliveries go to the DLQ instead."""
+        limit = self._max_redeliveries
+        exhausted = [e for e in events if e.received.redelivery_count >= limit]
+        self.nack([e for e in events if e.received.redelivery_count < limit])
+        reason = f"{exc.reason} (after {limit} redeliveries)"
+        for event in exhausted:
+            await self._dead_letter_and_ack(event, reason)
+
+    async def _dead_letter_and_ack(self, event: Event, reason: str) -> None:
+        event.settled = True
+        try:
+            await self.dead_letter(event.received, reason)
+        except BrokerError as exc:
+            log.error("dead_letter_failed", route=self._route.name, reason=str(exc))
+            self._source.nack(event.received)
+            return
+        await self._ack([event])
+
+    async def dead_letter(self, received: Received, reason: str) -> None:
+        """Publish the original bytes to the DLQ with the reason; raises BrokerError."""
+        await self._dead_letters.publish(
+            received.data,
+            dead_letter_message(received, route=self._route.name, reason=reason),
+            received.key,
+        )
+        self._metrics.dead_letter()
+
+    def _log_batch(
+        self,
+        events: list[Event],
+        started: float,
+        outcome: str,
+        exc: EndpointError | None,
+        served_model: str | None = None,
+    ) -> None:
+        log.info(
+            "batch",
+            route=self._route.name,
+            size=len(events),
+            latency_ms=round((time.monotonic() - started) * 1000, 1),
+            outcome=outcome,
+            status=None if exc is None else exc.status,
+            reason=None if exc is None else exc.reason,
+            served_model=served_model,
+        )

@@ -1,0 +1,228 @@
+"""One route: source -> batcher -> (bounded) in-flight batches -> results, acks after publish.
+
+The intake loop pulls messages, decodes them and feeds the :class:`~bridge.batching.Batcher`.
+A full batch waits for one of ``max_in_flight`` slots, so a slow endpoint slows consumption
+instead of filling memory; while the endpoint circuit is open, intake pauses. Messages that
+are not JSON objects go straight to the dead-letter topic. On stop, intake ends, the open
+batch is dispatched, in-flight batches get ``grace`` seconds, and the rest are nacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from bridge.batching import Batcher
+from bridge.config import RouteSettings
+from bridge.errors import BrokerError
+from bridge.events import BadEvent, Event, decode
+from bridge.observe import Metrics, RouteMetrics
+from bridge.processing import BatchProcessor
+from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
+from bridge.retry import Circuit, CircuitState
+from bridge.serving import ServingClient
+
+log = structlog.get_logger("bridge.route")
+
+
+class Route:
+    """A running route. ``open`` subscribes; ``run`` relays until ``stop``; ``close`` drains."""
+
+    def __init__(
+        self,
+        settings: RouteSettings,
+        serving: ServingClient,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._serving = serving
+        self.metrics = RouteMetrics(metrics, settings.name)
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.endpoint.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._circuit = Circuit(settings.failure.circuit_failures, self._circuit_changed)
+        self._source: Source | None = None
+        self._publishers: list[Publisher] = []
+        self._processor: BatchProcessor | None = None
+        self.subscribed = False
+
+    @property
+    def state(self) -> str:
+        if self._stopping.is_set():
+            return "draining"
+        if not self.subscribed:
+            return "starting"
+        return "paused" if self._circuit.is_open else "running"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def open(self, pulsar: PulsarConnection) -> None:
+        """Create producers first, then subscribe: nothing is consumed that cannot be settled."""
+        s = self.settings
+        max_pending = max(1000, 2 * s.endpoint.max_in_flight * s.batch.max_events)
+        results = await pulsar.publisher(s.result.topic, max_pending=max_pending)
+        self._publishers.append(results)
+        dead_letters = await pulsar.publisher(s.dead_letter_topic)
+        self._publishers.append(dead_letters)
+        self._source = await pulsar.subscribe(s.source, nack_delay_ms=s.failure.nack_delay_ms)
+        self._processor = BatchProcessor(
+            s,
+            source=self._source,
+            results=results,
+            dead_letters=dead_letters,
+            serving=self._serving,
+            circuit=self._circuit,
+            metrics=self.metrics,
+            stopping=self._stopping,
+        )
+        self.subscribed = True
+        log.info("route_subscribed", route=self.name, source=self._source.description)
+
+    def _opened(self) -> tuple[Source, BatchProcessor]:
+        if self._source is None or self._processor is None:
+            raise RuntimeError(f"route {self.name} used before open()")
+        return self._source, self._processor
+
+    def stop(self) -> None:
+        """Stop intake; ``run`` returns once the open batch is dispatched."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Relay until :meth:`stop`. Raises BrokerError only for failures that cannot heal."""
+        source, _ = self._opened()
+        s = self.settings.batch
+        batcher: Batcher[Event] = Batcher(
+            max_items=s.max_events,
+            max_bytes=s.max_bytes,
+            linger_s=s.linger_ms / 1000,
+            clock=self._clock,
+        )
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        receiving: asyncio.Future[Any] | None = None
+        try:
+            while not self._stopping.is_set():
+                if self._circuit.is_open:
+                    await self._wait_closed_or_stop(stop_wait)
+                    continue
+                if receiving is None:
+                    receiving = asyncio.ensure_future(source.receive())
+                deadline = batcher.deadline
+                timeout = None if deadline is None else max(0.0, deadline - self._clock())
+                # Waiting on the receive future without cancelling it on timeout: a
+                # cancelled receive would drop a message the client already took.
+                done, _ = await asyncio.wait(
+                    {receiving, stop_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiving in done:
+                    received, receiving = receiving.result(), None
+                    for batch in self._intake(received, batcher):
+                        await self._dispatch(batch)
+                due = batcher.due()
+                if due is not None:
+                    await self._dispatch(due)
+            rest = batcher.flush()
+            if rest is not None:
+                await self._dispatch(rest)
+        finally:
+            stop_wait.cancel()
+            if receiving is not None:
+                await self._abandon(receiving)
+
+    def _intake(self, received: Received, batcher: Batcher[Event]) -> list[list[Event]]:
+        self.metrics.consumed()
+        try:
+            event = decode(received)
+        except BadEvent as exc:
+            self._spawn(self._reject(received, str(exc)))
+            return []
+        return batcher.add(event, event.size)
+
+    async def _reject(self, received: Received, reason: str) -> None:
+        source, processor = self._opened()
+        log.warning(
+            "event_rejected", route=self.name, reason=reason, source_message_id=received.message_id
+        )
+        try:
+            await processor.dead_letter(received, reason)
+        except BrokerError as exc:
+            log.error("dead_letter_failed", route=self.name, reason=str(exc))
+            source.nack(received)
+            return
+        await source.ack(received)
+
+    async def _dispatch(self, batch: list[Event]) -> None:
+        _, processor = self._opened()
+        await self._slots.acquire()
+        self.metrics.batch(len(batch))
+        self._spawn(processor.process(batch), slot=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], *, slot: bool = False) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        gauge = self.metrics.in_flight
+        gauge.set(len(self._tasks))
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            gauge.set(len(self._tasks))
+            if slot:
+                self._slots.release()
+            if not t.cancelled() and t.exception() is not None:
+                log.error("batch_failed", route=self.name, error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
+    async def _wait_closed_or_stop(self, stop_wait: asyncio.Future[Any]) -> None:
+        closed: asyncio.Future[Any] = asyncio.ensure_future(self._circuit.wait_closed())
+        try:
+            await asyncio.wait({closed, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+
+    async def _abandon(self, receiving: asyncio.Future[Any]) -> None:
+        """Give back a message that arrived while stopping; cancel a receive still waiting."""
+        if receiving.done():
+            if not receiving.cancelled() and receiving.exception() is None:
+                self._opened()[0].nack(receiving.result())
+            return
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, BrokerError):
+            await receiving
+
+    async def drain(self, grace_s: float) -> None:
+        """Let in-flight batches finish for ``grace_s``; cancel (and so nack) the rest."""
+        if self._tasks:
+            log.info("route_draining", route=self.name, in_flight=len(self._tasks), grace_s=grace_s)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def close(self) -> None:
+        """Flush and close producers, then the consumer (which releases anything unacked)."""
+        for publisher in self._publishers:
+            with contextlib.suppress(BrokerError):
+                await publisher.close()
+        if self._source is not None:
+            with contextlib.suppress(BrokerError):
+                await self._source.close()
+        log.info("route_stopped", route=self.name, **self.metrics.summary())
+
+    def _circuit_changed(self, state: CircuitState) -> None:
+        self.metrics.circuit_open.set(1 if state is CircuitState.OPEN else 0)
+        if state is CircuitState.OPEN:
+            log.warning("circuit_open", route=self.name, last_error=self.metrics.last_error)
+        else:
+            log.info("circuit_closed", route=self.name)
