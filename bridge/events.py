@@ -40,7 +40,8 @@ def decode(received: Received) -> Event:
     try:
         row = orjson.loads(received.data)
     except orjson.JSONDecodeError as exc:
-        raise BadEvent(f"payload is not UTF-8 JSON: {exc}") from exc
+        # exc.msg only: the full message can quote the undecodable bytes themselves.
+        raise BadEvent(f"payload is not UTF-8 JSON: {exc.msg} at byte {exc.pos}") from exc
     if not isinstance(row, dict):
         raise BadEvent(f"payload is JSON {type(row).__name__}, not an object")
     return Event(received, row)
