@@ -1,0 +1,174 @@
+"""`make demo`: the whole path on embedded parts, then a summary.
+
+Starts a pulsar-lite broker and the Databricks emulator on loopback, runs the bridge as a
+separate process on the ``examples/fraud`` route (with the broker and emulator addresses
+filled in), publishes a few thousand card transactions plus two malformed events, shows
+progress while results flow, prints a few results and a summary, and stops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pulsar
+import tomli_w
+
+from bridge.embedded import EmbeddedBroker
+from bridge.emulator import EmulatorServer, EmulatorState
+
+EXAMPLE = Path(__file__).resolve().parent / "fraud"
+EVENTS = 5000
+CLIENT_ID, SECRET = "fraud-sp", "demo-secret-not-for-production"
+
+
+def transactions(n: int, seed: int = 7) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [
+        {
+            "id": f"tx-{i:05d}",
+            "card": f"4111-{rng.randrange(500):04d}",
+            "amount": round(rng.lognormvariate(3.5, 1.2), 2),
+            "merchant_risk": round(rng.random(), 3),
+            "hour": rng.randrange(24),
+            "distance_km": round(rng.expovariate(0.05), 1),
+        }
+        for i in range(n)
+    ]
+
+
+def config_for(workdir: Path, broker: EmbeddedBroker, emulator: EmulatorServer) -> Path:
+    """Copy examples/fraud, pointing it at the embedded broker and the emulator."""
+    config = workdir / "config"
+    shutil.copytree(EXAMPLE, config, ignore=shutil.ignore_patterns("*.jsonl"))
+    bridge = tomllib.loads((config / "bridge.toml").read_text())
+    bridge["pulsar"]["service_url"] = broker.url
+    bridge["databricks"]["host"] = emulator.url
+    bridge["observe"] = {"log_format": "json", "http_bind": "127.0.0.1:0"}
+    (config / "bridge.toml").write_text(tomli_w.dumps(bridge))
+    return config
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="pulsar-bridge-demo-"))
+    route = tomllib.loads((EXAMPLE / "routes" / "fraud.toml").read_text())
+    source, results_topic = route["source"]["topics"][0], route["result"]["topic"]
+    dlq_topic = route["failure"]["dead_letter_topic"]
+    state = EmulatorState(clients={CLIENT_ID: SECRET}, token_ttl_s=3600)
+    print(f"demo workspace: {workdir}")
+    with EmbeddedBroker(workdir / "broker") as broker, EmulatorServer(state) as emulator:
+        print(f"pulsar-lite broker  {broker.url}")
+        print(f"Databricks emulator {emulator.url}")
+        config = config_for(workdir, broker, emulator)
+        client = pulsar.Client(broker.url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
+        results = client.subscribe(
+            results_topic, "demo-reader", initial_position=pulsar.InitialPosition.Earliest
+        )
+        dead = client.subscribe(
+            dlq_topic, "demo-reader", initial_position=pulsar.InitialPosition.Earliest
+        )
+        log = (workdir / "bridge.log").open("w")
+        bridge = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "FRAUD_SP_SECRET": SECRET},
+        )
+        try:
+            code = relay(client, bridge, results, dead, source, workdir)
+        finally:
+            if bridge.poll() is None:
+                bridge.send_signal(signal.SIGTERM)
+                bridge.wait(30)
+            log.close()
+            client.close()
+    if code == 0:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept on failure, for its bridge.log
+    return code
+
+
+def relay(
+    client: pulsar.Client,
+    bridge: subprocess.Popen[bytes],
+    results: pulsar.Consumer,
+    dead: pulsar.Consumer,
+    source: str,
+    workdir: Path,
+) -> int:
+    events = transactions(EVENTS)
+    producer = client.create_producer(source, block_if_queue_full=True)
+    started = time.monotonic()
+    for tx in events:
+        producer.send_async(json.dumps(tx).encode(), None, partition_key=tx["card"])
+    producer.send_async(b"this is not JSON", None)
+    producer.send_async(b'["a", "list", "is", "not", "an", "event"]', None)
+    producer.flush()
+    print(
+        f"published {EVENTS} transactions and 2 malformed events "
+        f"in {time.monotonic() - started:.2f}s"
+    )
+
+    got: dict[str, dict[str, Any]] = {}
+    first_result = None
+    last_report = time.monotonic()
+    deadline = time.monotonic() + 120
+    while len(got) < EVENTS and time.monotonic() < deadline:
+        if bridge.poll() is not None:
+            print(f"bridge exited early with {bridge.returncode}; see {workdir / 'bridge.log'}")
+            return 1
+        try:
+            msg = results.receive(timeout_millis=500)
+        except pulsar.Timeout:
+            continue
+        first_result = first_result or time.monotonic()
+        got[json.loads(msg.data())["id"]] = {"result": json.loads(msg.data()), **msg.properties()}
+        results.acknowledge(msg)
+        if time.monotonic() - last_report >= 0.5:
+            last_report = time.monotonic()
+            print(f"  ... {len(got):>5}/{EVENTS} results")
+    flowing = time.monotonic() - (first_result or started)
+    dead_letters: list[tuple[bytes, str]] = []
+    while len(dead_letters) < 2:
+        try:
+            msg = dead.receive(timeout_millis=5000)
+        except pulsar.Timeout:
+            break
+        dead_letters.append((msg.data(), msg.properties()["error"]))
+        dead.acknowledge(msg)
+    elapsed = time.monotonic() - started
+
+    print("\na few results:")
+    for tx_id in list(got)[:3]:
+        r = got[tx_id]
+        print(
+            f"  {json.dumps(r['result'])}  served_model={r['served_model']} "
+            f"source_message_id={r['source_message_id']}"
+        )
+    print("dead-lettered:")
+    for data, error in dead_letters:
+        print(f"  {data!r}: {error}")
+    bridge.send_signal(signal.SIGTERM)
+    code = bridge.wait(30)
+    rate = len(got) / flowing if flowing > 0 else 0.0
+    print(
+        f"\nsummary: events in {EVENTS + 2}, results out {len(got)}, "
+        f"dead-lettered {len(dead_letters)}, elapsed {elapsed:.2f}s, "
+        f"{rate:,.0f} events/s while flowing; bridge exit code {code}"
+    )
+    ok = len(got) == EVENTS and len(dead_letters) == 2 and code == 0
+    print("demo OK" if ok else f"demo FAILED; see {workdir / 'bridge.log'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
