@@ -7,6 +7,7 @@ for every event and :meth:`Batcher.due` when its wait for the next event times o
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -77,3 +78,46 @@ class Batcher(Generic[T]):
     def _take(self) -> list[T]:
         items, self._items, self._bytes = self._items, [], 0
         return items
+
+
+class Lanes(Generic[T]):
+    """``count`` batchers; an item's key picks its lane, so one key always shares a lane.
+
+    Ordered routes keep at most one batch per lane in flight, which keeps each key's
+    events in order while still using ``count`` requests in parallel. With one lane this
+    is a plain :class:`Batcher`. Items without a key go to lane 0.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        max_items: int,
+        max_bytes: int,
+        linger_s: float,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._lanes = [
+            Batcher[T](max_items=max_items, max_bytes=max_bytes, linger_s=linger_s, clock=clock)
+            for _ in range(count)
+        ]
+
+    def lane_of(self, key: str | None) -> int:
+        if key is None or len(self._lanes) == 1:
+            return 0
+        return zlib.crc32(key.encode("utf-8")) % len(self._lanes)
+
+    @property
+    def deadline(self) -> float | None:
+        deadlines = [d for d in (lane.deadline for lane in self._lanes) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def add(self, key: str | None, item: T, size: int) -> list[tuple[int, list[T]]]:
+        lane = self.lane_of(key)
+        return [(lane, batch) for batch in self._lanes[lane].add(item, size)]
+
+    def due(self) -> list[tuple[int, list[T]]]:
+        return [(i, b) for i, lane in enumerate(self._lanes) if (b := lane.due()) is not None]
+
+    def flush(self) -> list[tuple[int, list[T]]]:
+        return [(i, b) for i, lane in enumerate(self._lanes) if (b := lane.flush()) is not None]

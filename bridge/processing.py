@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from functools import partial
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -39,6 +39,8 @@ from bridge.retry import Circuit, RetryPolicy
 from bridge.serving import Invocation, ServingClient
 
 EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
+# Subscriptions that deliver each key's events in order to one consumer.
+ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
 log = structlog.get_logger("bridge.batch")
 
 
@@ -67,15 +69,47 @@ class BatchProcessor:
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
         self._max_redeliveries = route.failure.max_redeliveries
+        self._ordered = route.source.subscription_type in ORDERED_SUBSCRIPTIONS
 
     async def process(self, batch: Sequence[Event]) -> None:
         """Settle every event of ``batch``; on cancellation, nack whatever is unsettled."""
         try:
-            await self._score(list(batch))
+            if self._ordered:
+                await self._score_in_order(list(batch))
+            else:
+                await self._score(list(batch))
         except BaseException:
             # Cancelled by a drain, or a bug: either way no event may be stranded unsettled.
             self.nack([e for e in batch if not e.settled])
             raise
+
+    async def _score_in_order(self, batch: list[Event]) -> None:
+        """Ordered routes hold a failed batch and retry it in place instead of nacking.
+
+        A nacked event would be redelivered after later events of its key had already been
+        scored; holding keeps per-key order. Each hold round stands for one redelivery, so
+        after ``max_redeliveries`` rounds the events are dead-lettered as on other routes.
+        """
+
+        async def attempt() -> None:
+            await self._score([e for e in batch if not e.settled])
+
+        try:
+            await self._policy.persist(
+                attempt,
+                retry=lambda exc: isinstance(exc, _Held),
+                cap_s=self._policy.max_s,
+                stopping=self._stopping,
+                max_attempts=self._max_redeliveries + 1,
+            )
+        except _Held as held:
+            pending = [e for e in batch if not e.settled]
+            if self._stopping.is_set():
+                self.nack(pending)
+                return
+            reason = f"{held.error.reason} (after {self._max_redeliveries} in-place retries)"
+            for event in pending:
+                await self._dead_letter_and_ack(event, reason)
 
     # ------------------------------------------------------------------ scoring
 
@@ -105,7 +139,9 @@ class BatchProcessor:
             if exc.status in EVENT_ERROR_STATUSES:
                 await self._event_error(events, exc)
             else:
-                self._log_batch(events, started, "handed_back", exc)
+                self._log_batch(events, started, "held" if self._ordered else "handed_back", exc)
+                if self._ordered:
+                    raise _Held(exc) from exc
                 await self.give_back(events, exc)
             return
         await self._publish(events, predictions, invocation)
@@ -276,3 +312,11 @@ class BatchProcessor:
             reason=None if exc is None else exc.reason,
             served_model=served_model,
         )
+
+
+class _Held(Exception):
+    """An ordered route's batch failed in a way worth retrying in place."""
+
+    def __init__(self, error: EndpointError) -> None:
+        super().__init__(error.reason)
+        self.error = error

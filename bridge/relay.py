@@ -17,12 +17,12 @@ from typing import Any
 
 import structlog
 
-from bridge.batching import Batcher
+from bridge.batching import Lanes
 from bridge.config import RouteSettings
 from bridge.errors import BrokerError
 from bridge.events import BadEvent, Event, decode
 from bridge.observe import Metrics, RouteMetrics
-from bridge.processing import BatchProcessor
+from bridge.processing import ORDERED_SUBSCRIPTIONS, BatchProcessor
 from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
 from bridge.retry import Circuit, CircuitState
 from bridge.serving import ServingClient
@@ -48,7 +48,9 @@ class Route:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.endpoint.max_in_flight)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._lane_tasks: dict[int, asyncio.Future[None]] = {}
+        self._ordered = settings.source.subscription_type in ORDERED_SUBSCRIPTIONS
         self._circuit = Circuit(settings.failure.circuit_failures, self._circuit_changed)
         self._source: Source | None = None
         self._publishers: list[Publisher] = []
@@ -102,7 +104,8 @@ class Route:
         """Relay until :meth:`stop`. Raises BrokerError only for failures that cannot heal."""
         source, _ = self._opened()
         s = self.settings.batch
-        batcher: Batcher[Event] = Batcher(
+        lanes: Lanes[Event] = Lanes(
+            self.settings.endpoint.max_in_flight if self._ordered else 1,
             max_items=s.max_events,
             max_bytes=s.max_bytes,
             linger_s=s.linger_ms / 1000,
@@ -117,7 +120,7 @@ class Route:
                     continue
                 if receiving is None:
                     receiving = asyncio.ensure_future(source.receive())
-                deadline = batcher.deadline
+                deadline = lanes.deadline
                 timeout = None if deadline is None else max(0.0, deadline - self._clock())
                 # Waiting on the receive future without cancelling it on timeout: a
                 # cancelled receive would drop a message the client already took.
@@ -126,27 +129,25 @@ class Route:
                 )
                 if receiving in done:
                     received, receiving = receiving.result(), None
-                    for batch in self._intake(received, batcher):
-                        await self._dispatch(batch)
-                due = batcher.due()
-                if due is not None:
-                    await self._dispatch(due)
-            rest = batcher.flush()
-            if rest is not None:
-                await self._dispatch(rest)
+                    for lane, batch in self._intake(received, lanes):
+                        await self._dispatch(lane, batch)
+                for lane, batch in lanes.due():
+                    await self._dispatch(lane, batch)
+            for lane, batch in lanes.flush():
+                await self._dispatch(lane, batch)
         finally:
             stop_wait.cancel()
             if receiving is not None:
                 await self._abandon(receiving)
 
-    def _intake(self, received: Received, batcher: Batcher[Event]) -> list[list[Event]]:
+    def _intake(self, received: Received, lanes: Lanes[Event]) -> list[tuple[int, list[Event]]]:
         self.metrics.consumed()
         try:
             event = decode(received)
         except BadEvent as exc:
             self._spawn(self._reject(received, str(exc)))
             return []
-        return batcher.add(event, event.size)
+        return lanes.add(received.key, event, event.size)
 
     async def _reject(self, received: Received, reason: str) -> None:
         source, processor = self._opened()
@@ -161,13 +162,19 @@ class Route:
             return
         await source.ack(received)
 
-    async def _dispatch(self, batch: list[Event]) -> None:
+    async def _dispatch(self, lane: int, batch: list[Event]) -> None:
         _, processor = self._opened()
+        previous = self._lane_tasks.get(lane)
+        if self._ordered and previous is not None and not previous.done():
+            # One batch per lane in flight: a key's next batch waits for its previous one.
+            await asyncio.wait({previous})
         await self._slots.acquire()
         self.metrics.batch(len(batch))
-        self._spawn(processor.process(batch), slot=True)
+        self._lane_tasks[lane] = self._spawn(processor.process(batch), slot=True)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], *, slot: bool = False) -> None:
+    def _spawn(
+        self, work: Coroutine[Any, Any, None], *, slot: bool = False
+    ) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         gauge = self.metrics.in_flight
@@ -182,6 +189,7 @@ class Route:
                 log.error("batch_failed", route=self.name, error=repr(t.exception()))
 
         task.add_done_callback(done)
+        return task
 
     async def _wait_closed_or_stop(self, stop_wait: asyncio.Future[Any]) -> None:
         closed: asyncio.Future[Any] = asyncio.ensure_future(self._circuit.wait_closed())

@@ -102,17 +102,36 @@ class RetryPolicy:
     ) -> T:
         """Await ``fn()`` with jittered backoff up to ``cap_s`` until it stops failing
         retriably, or until ``stopping`` is set (then the last error is raised)."""
+        return await self.persist(
+            fn, retry=is_retriable, cap_s=cap_s, stopping=stopping, max_attempts=None
+        )
+
+    async def persist(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        retry: Callable[[BaseException], bool],
+        cap_s: float,
+        stopping: asyncio.Event,
+        max_attempts: int | None,
+    ) -> T:
+        """Await ``fn()`` after a first backoff, again while it raises what ``retry``
+        accepts, up to ``max_attempts`` (None: unbounded) or until ``stopping`` is set;
+        then the last error is raised. Sleeps wake early on shutdown."""
 
         async def sleep(delay: float) -> None:
-            # Wake early on shutdown; the stop condition then ends the loop.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=delay)
+
+        def stop(state: RetryCallState) -> bool:
+            exhausted = max_attempts is not None and state.attempt_number >= max_attempts
+            return exhausted or stopping.is_set()
 
         await sleep(self.initial_s)
         retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=max(self.initial_s, 0.05), max=cap_s),
-            retry=retry_if_exception(is_retriable),
-            stop=lambda _state: stopping.is_set(),
+            retry=retry_if_exception(retry),
+            stop=stop,
             reraise=True,
             sleep=sleep,
         )

@@ -1,0 +1,161 @@
+"""Failure semantics end to end: order under faults, circuit, redelivery limits, oversize."""
+
+from __future__ import annotations
+
+import json
+
+import pulsar
+import pytest
+
+from bridge.emulator import EmulatorServer
+from tests.conftest import BridgeFactory
+from tests.support.harness import Received, TopicReader, Topics, event, publish, route_config
+
+pytestmark = pytest.mark.integration
+
+
+def ids(messages: list[Received]) -> set[str]:
+    return {m.json["id"] for m in messages}
+
+
+def test_key_shared_keeps_per_key_order_under_429s_with_several_requests_in_flight(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+) -> None:
+    n, keys = 1200, 12
+    emulator.state.faults.update({"rate_429": 0.3, "seed": 11, "latency_ms": 5}, now=0)
+    rows = [event(i, seq=i) for i in range(n)]
+    publish(
+        pulsar_client,
+        topics.source,
+        [json.dumps(r).encode() for r in rows],
+        key=lambda i: f"card-{i % keys}",
+    )
+    results = TopicReader(pulsar_client, topics.result)
+    route = route_config(
+        topics,
+        source={"subscription_type": "key_shared"},
+        endpoint={"max_in_flight": 4},
+        batch={"max_events": 25},
+        result={"passthrough": ["id", "seq"]},
+        failure={"attempts": 1, "circuit_failures": 10_000, "max_redeliveries": 50},
+    )
+    bridge = start_bridge({"fraud": route})
+
+    got = results.read_until(lambda ms: len(ids(ms)) >= n)
+    bridge.stop()
+
+    assert len(ids(got)) == n
+    assert emulator.state.counters.requests_by_status[429] > 0, "faults were injected"
+    assert [b for b in bridge.events("batch") if b["outcome"] == "held"], "batches were held"
+    per_key: dict[str, list[int]] = {}
+    for m in got:
+        per_key.setdefault(m.key or "", []).append(m.json["seq"])
+    assert len(per_key) == keys
+    for key, seqs in per_key.items():
+        assert seqs == sorted(seqs), f"results of {key} reordered"
+
+
+def test_an_endpoint_outage_opens_the_circuit_pauses_intake_and_loses_nothing(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+) -> None:
+    n = 400
+    results = TopicReader(pulsar_client, topics.result)
+    dead = TopicReader(pulsar_client, topics.dlq)
+    route = route_config(
+        topics,
+        batch={"max_events": 20},
+        failure={
+            "attempts": 2,
+            "circuit_failures": 3,
+            "circuit_probe_max_s": 0.3,
+            "max_redeliveries": 1,
+        },
+    )
+    bridge = start_bridge({"fraud": route})
+    # Down for a while: without the circuit, two redeliveries would dead-letter everything.
+    emulator.state.faults.update({"outage_for_s": 3}, now=emulator.state.clock())
+    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
+
+    bridge.wait_for("circuit_open")
+    closed = bridge.wait_for("circuit_closed", timeout=30)
+    got = results.read_until(lambda ms: len(ids(ms)) >= n)
+    bridge.stop()
+
+    assert closed
+    assert len(ids(got)) == n
+    assert dead.read_quiet(500) == []
+    assert len(bridge.events("circuit_open")) == 1, "state change logged once"
+    assert emulator.state.counters.requests_by_status[503] >= 3
+
+
+def test_events_out_of_redeliveries_are_dead_lettered_with_the_reason(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+) -> None:
+    emulator.state.faults.update({"fail_next": 10_000, "fail_status": 503}, now=0)
+    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(10)])
+    dead = TopicReader(pulsar_client, topics.dlq)
+    route = route_config(
+        topics,
+        failure={"attempts": 1, "max_redeliveries": 2, "circuit_failures": 10_000},
+    )
+    bridge = start_bridge({"fraud": route})
+
+    dead_letters = dead.read_until(lambda ms: len(ids(ms)) >= 10)
+    bridge.stop()
+
+    assert ids(dead_letters) == {f"e{i}" for i in range(10)}
+    for m in dead_letters:
+        assert m.properties["error"].startswith("HTTP 503")
+        assert "after 2 redeliveries" in m.properties["error"]
+        assert m.properties["redelivery_count"] == "2"
+
+
+def test_retry_after_is_honoured_and_the_request_then_succeeds(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+) -> None:
+    emulator.state.faults.update({"fail_next": 1, "fail_status": 429, "retry_after_s": 1}, now=0)
+    publish(pulsar_client, topics.source, [json.dumps(event(1)).encode()])
+    results = TopicReader(pulsar_client, topics.result)
+    bridge = start_bridge({"fraud": route_config(topics)})
+
+    got = results.read_until(lambda ms: len(ms) >= 1)
+    bridge.stop()
+
+    assert ids(got) == {"e1"}
+    (retry,) = bridge.events("request_retry")
+    assert retry["delay_s"] == 1.0, "waited what the server asked, not the jittered backoff"
+    assert retry["reason"].startswith("HTTP 429")
+
+
+def test_an_oversized_event_is_dead_lettered_and_its_batch_still_scored(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    start_bridge: BridgeFactory,
+) -> None:
+    big = event(0, blob="x" * 20_000)
+    payloads = [json.dumps(big).encode()] + [json.dumps(event(i)).encode() for i in range(1, 30)]
+    publish(pulsar_client, topics.source, payloads)
+    results = TopicReader(pulsar_client, topics.result)
+    dead = TopicReader(pulsar_client, topics.dlq)
+    route = route_config(topics, endpoint={"max_payload_bytes": 8_000}, batch={"max_events": 30})
+    bridge = start_bridge({"fraud": route})
+
+    got = results.read_until(lambda ms: len(ms) >= 29)
+    (dead_letter,) = dead.read_until(lambda ms: len(ms) >= 1)
+    bridge.stop()
+
+    assert ids(got) == {f"e{i}" for i in range(1, 30)}
+    assert dead_letter.data == payloads[0]
+    assert "exceeds the payload limit 8000" in dead_letter.properties["error"]
