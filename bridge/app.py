@@ -21,7 +21,7 @@ import structlog
 from bridge.config import Config
 from bridge.errors import AuthError, BridgeError
 from bridge.identity import WorkspaceAuth, build_workspace_auth, invocation_url
-from bridge.observe import Metrics, pulsar_client_logger
+from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.relay import Route
 from bridge.serving import ServingClient
@@ -56,7 +56,7 @@ class Bridge:
         async with httpx.AsyncClient(limits=limits) as http:
             try:
                 await _first_tokens(auths)
-                pulsar = PulsarConnection(self.config.bridge.pulsar, pulsar_client_logger())
+                pulsar = PulsarConnection(self.config.bridge.pulsar)
                 await self._open_routes(pulsar, http, auths)
                 log.info("ready", routes=[r.name for r in self.routes])
                 code = await self._relay_until_stopped()

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-from authlib.integrations.base_client import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 
-from bridge.errors import AuthError
+with warnings.catch_warnings():
+    # authlib deprecates plain httpx in favour of its httpx2 fork at import; the bridge
+    # is built on httpx, and the warning would otherwise print at every start.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from authlib.integrations.base_client import OAuthError
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+from bridge.errors import AuthError, SecretError
 from bridge.secrets import Secret
 
 Clock = Callable[[], float]
@@ -152,22 +158,33 @@ class OAuthTokenSource:
 
     def _oauth_client(self) -> AsyncOAuth2Client:
         if self._client is None:
-            has_secret = self._client_secret is not None
-            self._client = AsyncOAuth2Client(
-                client_id=self._client_id.reveal() if self._client_id else None,
-                client_secret=self._client_secret.reveal() if self._client_secret else None,
-                token_endpoint_auth_method="client_secret_basic" if has_secret else "none",
-                scope="all-apis",
-                timeout=self._timeout_s,
-            )
+            # No credentials here: they are read at each fetch, so a rotated secret file
+            # is picked up without a restart.
+            self._client = AsyncOAuth2Client(scope="all-apis", timeout=self._timeout_s)
         return self._client
+
+    def _credentials(self) -> tuple[httpx.Auth, dict[str, str]]:
+        """Client authentication for one token request: HTTP Basic, or the id in the form."""
+        client_id = self._client_id.reveal() if self._client_id is not None else None
+        if self._client_secret is not None and client_id is not None:
+            return httpx.BasicAuth(client_id, self._client_secret.reveal()), {}
+        # Public client (federation): no Basic auth; the id, when there is one, is a form field.
+        return _NoClientAuth(), ({"client_id": client_id} if client_id is not None else {})
 
     async def fetch(self) -> Token:
         client = self._oauth_client()
         try:
+            auth, fields = self._credentials()
             data: dict[str, Any] = await client.fetch_token(
-                self._token_endpoint, grant_type=self._grant_type, **self._form()
+                self._token_endpoint,
+                grant_type=self._grant_type,
+                auth=auth,
+                **fields,
+                **self._form(),
             )
+        except SecretError as exc:
+            # A credential file gone missing may come back (rotation, a remount).
+            raise AuthError(f"credential unavailable: {exc}", retriable=True) from exc
         except OAuthError as exc:
             raise AuthError(
                 f"token endpoint refused: {exc.error}: {exc.description}", retriable=False
@@ -187,3 +204,7 @@ class OAuthTokenSource:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+class _NoClientAuth(httpx.Auth):
+    """Sends the token request as is (authlib otherwise adds its own client auth)."""

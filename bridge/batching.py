@@ -33,7 +33,8 @@ class Batcher(Generic[T]):
         linger_s: float,
         clock: Clock = time.monotonic,
     ) -> None:
-        if max_items < 1 or max_bytes < 1 or linger_s < 0:
+        # "not >= 0" also rejects NaN, which would never come due.
+        if max_items < 1 or max_bytes < 1 or not linger_s >= 0:
             raise ValueError("max_items and max_bytes must be >= 1, linger_s >= 0")
         self._max_items = max_items
         self._max_bytes = max_bytes

@@ -255,6 +255,17 @@ class Config(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
+_CREDENTIAL_KEYS = frozenset(
+    {
+        "auth_type",
+        "client_id",
+        "client_secret",
+        "token",
+        "profile",
+        "oidc_token_file",
+        "oidc_token_env",
+    }
+)
 _ENV_FALLBACK = {
     "host": "DATABRICKS_HOST",
     "auth_type": "DATABRICKS_AUTH_TYPE",
@@ -289,13 +300,20 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Config
         raw = _read_toml(path, problems, required=True)
         if raw is None:
             continue
+        reserved = sorted({"name", "file"} & raw.keys())
+        for key in reserved:
+            # The route's name is its file name; a key of that name would be ignored.
+            problems.append(ConfigProblem(str(path), key, "Extra inputs are not permitted"))
+        if reserved:
+            continue
         data = {**raw, "name": path.stem, "file": str(path)}
         route = _validate(RouteSettings, data, path, context, problems)
         if route is not None:
             routes.append(route)
 
+    problems.extend(_check_routes(routes))
     if bridge is not None:
-        problems.extend(_cross_check(bridge, routes, bridge_file))
+        problems.extend(_check_workspaces(bridge, routes, bridge_file))
         problems.extend(_check_secrets(bridge, bridge_file))
     if problems:
         raise ConfigError(problems)
@@ -330,20 +348,35 @@ def _parse_bridge(
     if raw is None:
         return None
     data = dict(raw)
-    databricks = (
-        dict(data.get("databricks", {}))
-        if isinstance(data.get("databricks"), dict)
-        else data.get("databricks")
-    )
+    if "workspaces" in data:
+        # Extra workspaces are written [databricks.<name>]; this key is ours, not the user's.
+        problems.append(ConfigProblem(str(path), "workspaces", "Extra inputs are not permitted"))
+        return None
+    databricks = data.get("databricks", {})
     if isinstance(databricks, dict):
         # [databricks.<profile>] sub-tables are extra workspaces selected by endpoint.workspace.
         data["workspaces"] = {k: v for k, v in databricks.items() if isinstance(v, dict)}
-        default = {k: v for k, v in databricks.items() if not isinstance(v, dict)}
-        for key, var in _ENV_FALLBACK.items():
-            if key not in default and env.get(var):
-                default[key] = env[var] if key in ("host", "auth_type", "profile") else f"env:{var}"
-        data["databricks"] = default
+        data["databricks"] = _with_env_fallback(
+            {k: v for k, v in databricks.items() if not isinstance(v, dict)}, env
+        )
     return _validate(BridgeSettings, data, path, context, problems)
+
+
+def _with_env_fallback(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Fill unset keys from the Databricks unified-auth environment variables.
+
+    The host always falls back. Credentials fall back only when the file names none:
+    mixing a file's client secret with a token from the environment would silently change
+    which identity the bridge uses.
+    """
+    out = dict(section)
+    if "host" not in out and env.get("DATABRICKS_HOST"):
+        out["host"] = env["DATABRICKS_HOST"]
+    if not _CREDENTIAL_KEYS & out.keys():
+        for key, var in _ENV_FALLBACK.items():
+            if key != "host" and env.get(var):
+                out[key] = env[var] if key in ("auth_type", "profile") else f"env:{var}"
+    return out
 
 
 def _validate(
@@ -368,9 +401,8 @@ def _validate(
         return None
 
 
-def _cross_check(
-    bridge: BridgeSettings, routes: list[RouteSettings], bridge_file: Path
-) -> list[ConfigProblem]:
+def _check_routes(routes: list[RouteSettings]) -> list[ConfigProblem]:
+    """Problems between routes, found whatever state bridge.toml is in."""
     problems: list[ConfigProblem] = []
     claimed: dict[tuple[str, str], str] = {}
     for route in routes:
@@ -386,32 +418,38 @@ def _cross_check(
                     )
                 )
             claimed.setdefault(key, route.file)
-        if route.endpoint.name is not None:
-            ws_name = route.endpoint.workspace
-            if ws_name is not None and ws_name not in bridge.workspaces:
-                problems.append(
-                    ConfigProblem(
-                        route.file,
-                        "endpoint.workspace",
-                        f"no [databricks.{ws_name}] in {bridge_file}",
-                    )
-                )
-            workspace = bridge.workspaces.get(ws_name) if ws_name else bridge.databricks
-            if (
-                workspace is not None
-                and workspace.host is None
-                and workspace.resolved_auth_type != "databricks-sdk"
-            ):
-                problems.append(
-                    ConfigProblem(
-                        str(bridge_file),
-                        "databricks.host",
-                        f"required by route {route.name!r} (endpoint.name); or set DATABRICKS_HOST",
-                    )
-                )
         if route.result.topic in route.source.topics:
             problems.append(
                 ConfigProblem(route.file, "result.topic", "must differ from the source topics")
+            )
+    return problems
+
+
+def _check_workspaces(
+    bridge: BridgeSettings, routes: list[RouteSettings], bridge_file: Path
+) -> list[ConfigProblem]:
+    """Every named-endpoint route has a workspace with a host."""
+    problems: list[ConfigProblem] = []
+    for route in routes:
+        if route.endpoint.name is None:
+            continue
+        ws_name = route.endpoint.workspace
+        if ws_name is not None and ws_name not in bridge.workspaces:
+            problems.append(
+                ConfigProblem(
+                    route.file, "endpoint.workspace", f"no [databricks.{ws_name}] in {bridge_file}"
+                )
+            )
+            continue
+        workspace = bridge.workspaces[ws_name] if ws_name else bridge.databricks
+        if workspace.host is None and workspace.resolved_auth_type != "databricks-sdk":
+            section = "databricks" if ws_name is None else f"databricks.{ws_name}"
+            problems.append(
+                ConfigProblem(
+                    str(bridge_file),
+                    f"{section}.host",
+                    f"required by route {route.name!r} (endpoint.name); or set DATABRICKS_HOST",
+                )
             )
     return problems
 

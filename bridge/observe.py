@@ -8,6 +8,7 @@ registry owned by the daemon (no module-level collectors), labelled by route.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -33,7 +34,11 @@ def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMap
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
-    """Configure structlog (and stdlib logging, which pulsar-client writes to) once."""
+    """Configure structlog (and stdlib logging, for libraries that use it) once."""
+    # Line-buffered even into a pipe: journald and supervisors should see each line as it
+    # happens, and a crash must not swallow the last buffered lines.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Any = (
@@ -60,13 +65,6 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
-
-
-def pulsar_client_logger() -> logging.Logger:
-    """The stdlib logger handed to pulsar-client: its INFO chatter is not ours to print."""
-    logger = logging.getLogger("pulsar")
-    logger.setLevel(logging.WARNING)
-    return logger
 
 
 class Metrics:

@@ -8,7 +8,6 @@ messages and takes back acks, nacks and publishes; Pulsar's exceptions leave it 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -103,11 +102,9 @@ class Publisher:
 class PulsarConnection:
     """One client per daemon, shared by all routes (the C++ client multiplexes)."""
 
-    def __init__(self, settings: PulsarSettings, logger: logging.Logger | None = None) -> None:
+    def __init__(self, settings: PulsarSettings) -> None:
         self.settings = settings
-        self._client = pulsar_asyncio.Client(
-            settings.service_url, **_client_kwargs(settings, logger)
-        )
+        self._client = pulsar_asyncio.Client(settings.service_url, **_client_kwargs(settings))
 
     async def subscribe(
         self,
@@ -157,14 +154,16 @@ class PulsarConnection:
             raise BrokerError(f"closing the Pulsar client failed: {exc}") from exc
 
 
-def _client_kwargs(settings: PulsarSettings, logger: logging.Logger | None) -> dict[str, Any]:
+def _client_kwargs(settings: PulsarSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
+        # The C++ client's own console logger, warnings and up: handing it a Python logger
+        # intermittently aborts the process at exit ("terminate called without an active
+        # exception", apache/pulsar-client-python#256).
+        "logger": pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
         "operation_timeout_seconds": settings.operation_timeout_s,
         "connection_timeout_ms": settings.connection_timeout_s * 1000,
         "tls_allow_insecure_connection": settings.tls_allow_insecure,
     }
-    if logger is not None:
-        kwargs["logger"] = logger
     if settings.tls_trust_certs_file is not None:
         kwargs["tls_trust_certs_file_path"] = settings.tls_trust_certs_file
     auth = settings.auth

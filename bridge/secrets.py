@@ -75,6 +75,8 @@ class Secret:
             value = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretError(f"cannot read secret file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise SecretError(f"secret file {path} is not UTF-8 text") from exc
         if warn is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
             warn(f"secret file {path} is accessible by group or others (mode {mode & 0o777:o})")
         if not value:

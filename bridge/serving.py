@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bridge.errors import AuthError, EndpointError
+from bridge.errors import AuthError, EndpointError, SecretError
 
 DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _MESSAGE_LIMIT = 300
@@ -65,12 +65,15 @@ class ServingClient:
             raise EndpointError(
                 f"timed out: {type(exc).__name__}", status=None, retriable=True
             ) from exc
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             raise EndpointError(
                 f"connection failed: {type(exc).__name__}: {exc}", status=None, retriable=True
             ) from exc
         except AuthError as exc:
             raise EndpointError(f"no token: {exc}", status=None, retriable=exc.retriable) from exc
+        except SecretError as exc:
+            # A credential file gone missing may come back (rotation, a remount): retry.
+            raise EndpointError(f"no token: {exc}", status=None, retriable=True) from exc
         elapsed = time.monotonic() - started
         if response.status_code != 200:
             raise self._error(response)

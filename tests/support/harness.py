@@ -186,6 +186,10 @@ class BridgeProcess:
         if self._process.stdout is not None:
             self._process.stdout.close()
 
+    def tail(self, lines: int = 40) -> str:
+        with self._changed:
+            return "".join(self.raw[-lines:])
+
     @property
     def output(self) -> str:
         with self._changed:

@@ -1,0 +1,454 @@
+"""TokenCache with a fake source and clock; OAuthTokenSource and StaticTokenSource over respx."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from bridge.auth import OAuthTokenSource, StaticTokenSource, Token, TokenCache
+from bridge.errors import AuthError, SecretError
+from bridge.secrets import Secret
+
+TOKEN_URL = "https://adb-123.azuredatabricks.net/oidc/v1/token"
+CLIENT_ID = "sp-client-id"
+CLIENT_SECRET = "sp-client-secret-3b9e"
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeSource:
+    """Issues ``token-1``, ``token-2``, ... valid ``ttl`` seconds; can be held or made to fail."""
+
+    def __init__(self, clock: FakeClock, ttl: float = 600.0) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.fetches = 0
+        self.entered = asyncio.Event()
+        self.gate: asyncio.Event | None = None
+        self.errors: list[BaseException] = []
+        self.closed = False
+
+    async def fetch(self) -> Token:
+        self.fetches += 1
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.errors:
+            raise self.errors.pop(0)
+        return Token(f"token-{self.fetches}", self.clock() + self.ttl)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def source(clock: FakeClock) -> FakeSource:
+    return FakeSource(clock)
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+
+
+def form_of(request: httpx.Request) -> dict[str, str]:
+    parsed = parse_qs(request.content.decode("ascii"), strict_parsing=True)
+    assert all(len(v) == 1 for v in parsed.values()), parsed
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+# --------------------------------------------------------------------------- TokenCache
+
+
+async def test_token_is_cached_until_expiry_minus_leeway(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    refreshed: list[None] = []
+    cache = TokenCache(source, leeway_s=60, clock=clock, on_refresh=lambda: refreshed.append(None))
+
+    assert await cache.get() == "token-1"  # expires at 1600, refreshed from 1540 on
+    clock.now = 1539.5
+    assert await cache.get() == "token-1"
+    assert source.fetches == 1
+
+    clock.now = 1540.0
+    assert await cache.get() == "token-2"
+    assert source.fetches == 2
+    assert cache.refreshes == 2
+    assert len(refreshed) == 2
+
+    clock.advance(100)
+    assert await cache.get() == "token-2"
+    assert source.fetches == 2
+
+
+async def test_zero_leeway_refreshes_exactly_at_expiry(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    cache = TokenCache(source, leeway_s=0, clock=clock)
+    assert await cache.get() == "token-1"
+
+    clock.now = 1599.0
+    assert await cache.get() == "token-1"
+    clock.now = 1600.0
+    assert await cache.get() == "token-2"
+
+
+async def test_concurrent_gets_while_expired_share_one_fetch(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    cache = TokenCache(source, leeway_s=60, clock=clock)
+    assert await cache.get() == "token-1"
+    clock.advance(10_000)
+    source.gate = asyncio.Event()
+    source.entered.clear()
+
+    tasks = [asyncio.create_task(cache.get()) for _ in range(20)]
+    await source.entered.wait()  # one task is inside fetch; the others queue on the lock
+    assert source.fetches == 2
+    source.gate.set()
+    values = await asyncio.gather(*tasks)
+
+    assert values == ["token-2"] * 20
+    assert source.fetches == 2
+    assert cache.refreshes == 2
+
+
+async def test_invalidate_drops_only_the_matching_token(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    cache = TokenCache(source, leeway_s=60, clock=clock)
+    assert await cache.get() == "token-1"
+
+    cache.invalidate("some-older-token")
+    assert await cache.get() == "token-1"
+    assert source.fetches == 1
+
+    cache.invalidate("token-1")
+    assert await cache.get() == "token-2"
+    assert source.fetches == 2
+
+    # A late 401 for the replaced token must not throw away its successor.
+    cache.invalidate("token-1")
+    assert await cache.get() == "token-2"
+    assert source.fetches == 2
+
+
+async def test_invalidate_on_an_empty_cache_is_harmless(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    cache = TokenCache(source, clock=clock)
+
+    cache.invalidate("token-1")
+
+    assert await cache.get() == "token-1"
+
+
+async def test_failed_fetch_propagates_and_the_next_get_tries_again(
+    source: FakeSource, clock: FakeClock
+) -> None:
+    cache = TokenCache(source, clock=clock)
+    source.errors.append(AuthError("idp down", retriable=True))
+
+    with pytest.raises(AuthError, match="idp down"):
+        await cache.get()
+    assert cache.refreshes == 0
+
+    assert await cache.get() == "token-2"
+    assert cache.refreshes == 1
+
+
+async def test_aclose_closes_the_source(source: FakeSource, clock: FakeClock) -> None:
+    cache = TokenCache(source, clock=clock)
+
+    await cache.aclose()
+
+    assert source.closed
+
+
+def test_token_repr_hides_the_value() -> None:
+    token = Token("eyJ-secret-jwt", 123.0)
+
+    assert "eyJ-secret-jwt" not in repr(token)
+    assert "123.0" in repr(token)
+
+
+# --------------------------------------------------------------------------- StaticTokenSource
+
+
+async def test_static_token_never_expires_and_is_re_read(tmp_path: Path) -> None:
+    path = tmp_path / "pat"
+    path.write_text("dapi-first\n", encoding="utf-8")
+    source = StaticTokenSource(Secret("file:pat", base_dir=tmp_path))
+
+    first = await source.fetch()
+    assert first.value == "dapi-first"
+    assert first.expires_at == float("inf")
+
+    path.write_text("dapi-second\n", encoding="utf-8")
+    assert (await source.fetch()).value == "dapi-second"
+    await source.aclose()
+
+
+# --------------------------------------------------------------------------- OAuthTokenSource
+
+
+def client_credentials(clock: FakeClock, secret: Secret | None = None) -> OAuthTokenSource:
+    return OAuthTokenSource(
+        TOKEN_URL,
+        grant_type="client_credentials",
+        client_id=Secret(CLIENT_ID),
+        client_secret=secret or Secret(CLIENT_SECRET),
+        clock=clock,
+    )
+
+
+async def test_client_credentials_grant(router: respx.MockRouter, clock: FakeClock) -> None:
+    route = router.post(TOKEN_URL).respond(
+        200, json={"access_token": "at-1", "token_type": "Bearer", "expires_in": 1800}
+    )
+    source = client_credentials(clock)
+    try:
+        token = await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert token.value == "at-1"
+    assert token.expires_at == 1000.0 + 1800
+    assert route.call_count == 1
+    request = route.calls.last.request
+    assert request.headers["Content-Type"].startswith("application/x-www-form-urlencoded")
+    assert request.headers["Authorization"] == basic(CLIENT_ID, CLIENT_SECRET)
+    form = form_of(request)
+    assert form == {"grant_type": "client_credentials", "scope": "all-apis"}
+    assert CLIENT_SECRET not in request.content.decode()
+
+
+async def test_missing_expires_in_defaults_to_an_hour(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    router.post(TOKEN_URL).respond(200, json={"access_token": "at-1", "token_type": "Bearer"})
+    source = client_credentials(clock)
+    try:
+        token = await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert token.expires_at == 1000.0 + 3600
+
+
+async def test_each_fetch_asks_again(router: respx.MockRouter, clock: FakeClock) -> None:
+    route = router.post(TOKEN_URL)
+    route.side_effect = [
+        httpx.Response(200, json={"access_token": "at-1", "expires_in": 60}),
+        httpx.Response(200, json={"access_token": "at-2", "expires_in": 60}),
+    ]
+    source = client_credentials(clock)
+    try:
+        assert (await source.fetch()).value == "at-1"
+        clock.advance(30)
+        second = await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert second.value == "at-2"
+    assert second.expires_at == 1030.0 + 60
+    assert route.call_count == 2
+
+
+async def test_invalid_client_is_not_retriable(router: respx.MockRouter, clock: FakeClock) -> None:
+    router.post(TOKEN_URL).respond(
+        401, json={"error": "invalid_client", "error_description": "Client authentication failed"}
+    )
+    source = client_credentials(clock)
+    try:
+        with pytest.raises(AuthError) as info:
+            await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert info.value.retriable is False
+    assert "invalid_client" in str(info.value)
+    assert "Client authentication failed" in str(info.value)
+    assert CLIENT_SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(503, text="upstream unavailable"),
+        httpx.Response(503, json={"error": "temporarily_unavailable"}),
+        httpx.Response(502, html="<html><body>Bad Gateway</body></html>"),
+    ],
+    ids=["text", "rfc6749-json", "html"],
+)
+async def test_server_errors_are_retriable(
+    router: respx.MockRouter, clock: FakeClock, response: httpx.Response
+) -> None:
+    router.post(TOKEN_URL).mock(return_value=response)
+    source = client_credentials(clock)
+    try:
+        with pytest.raises(AuthError) as info:
+            await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert info.value.retriable is True
+
+
+async def test_connect_error_is_retriable(router: respx.MockRouter, clock: FakeClock) -> None:
+    router.post(TOKEN_URL).mock(side_effect=httpx.ConnectError("connection refused"))
+    source = client_credentials(clock)
+    try:
+        with pytest.raises(AuthError, match="unreachable") as info:
+            await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert info.value.retriable is True
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+async def test_answer_without_access_token_is_retriable(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    router.post(TOKEN_URL).respond(200, json={"token_type": "Bearer", "expires_in": 60})
+    source = client_credentials(clock)
+    try:
+        with pytest.raises(AuthError, match="access_token") as info:
+            await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert info.value.retriable is True
+
+
+async def test_token_exchange_sends_the_form_fields_without_basic_auth(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    route = router.post(TOKEN_URL).respond(200, json={"access_token": "at-x", "expires_in": 300})
+    subjects = iter(["idp-jwt-1", "idp-jwt-2"])
+
+    def form() -> dict[str, str]:
+        return {"subject_token": next(subjects), "subject_token_type": JWT_TYPE}
+
+    source = OAuthTokenSource(
+        TOKEN_URL,
+        grant_type=TOKEN_EXCHANGE,
+        client_id=Secret(CLIENT_ID),
+        client_secret=None,
+        form=form,
+        clock=clock,
+    )
+    try:
+        token = await source.fetch()
+        await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert token.value == "at-x"
+    assert token.expires_at == 1300.0
+    first, second = (call.request for call in route.calls)
+    assert "Authorization" not in first.headers
+    assert form_of(first) == {
+        "grant_type": TOKEN_EXCHANGE,
+        "subject_token": "idp-jwt-1",
+        "subject_token_type": JWT_TYPE,
+        "scope": "all-apis",
+        "client_id": CLIENT_ID,
+    }
+    # The form is built again at each fetch, so a rotated IdP token is sent.
+    assert form_of(second)["subject_token"] == "idp-jwt-2"
+
+
+async def test_token_exchange_without_client_id_sends_no_client_id(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    route = router.post(TOKEN_URL).respond(200, json={"access_token": "at-x", "expires_in": 300})
+    source = OAuthTokenSource(
+        TOKEN_URL,
+        grant_type=TOKEN_EXCHANGE,
+        client_id=None,
+        client_secret=None,
+        form=lambda: {"subject_token": "idp-jwt", "subject_token_type": JWT_TYPE},
+        clock=clock,
+    )
+    try:
+        await source.fetch()
+    finally:
+        await source.aclose()
+
+    assert "client_id" not in form_of(route.calls.last.request)
+
+
+async def test_rotated_client_secret_file_is_used_by_the_next_fetch(
+    router: respx.MockRouter, clock: FakeClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "client.secret"
+    path.write_text("secret-v1", encoding="utf-8")
+    path.chmod(0o600)
+    route = router.post(TOKEN_URL).respond(200, json={"access_token": "at", "expires_in": 60})
+    source = client_credentials(clock, Secret("file:client.secret", base_dir=tmp_path))
+    try:
+        await source.fetch()
+        path.write_text("secret-v2", encoding="utf-8")
+        await source.fetch()
+    finally:
+        await source.aclose()
+
+    first, second = (call.request for call in route.calls)
+    assert first.headers["Authorization"] == basic(CLIENT_ID, "secret-v1")
+    assert second.headers["Authorization"] == basic(CLIENT_ID, "secret-v2")
+
+
+async def test_unreadable_subject_token_is_an_auth_error(
+    router: respx.MockRouter, clock: FakeClock
+) -> None:
+    router.post(TOKEN_URL).respond(200, json={"access_token": "at", "expires_in": 60})
+
+    def form() -> dict[str, str]:
+        raise SecretError("cannot read secret file /var/run/secrets/tokens/databricks")
+
+    source = OAuthTokenSource(
+        TOKEN_URL,
+        grant_type=TOKEN_EXCHANGE,
+        client_id=Secret(CLIENT_ID),
+        client_secret=None,
+        form=form,
+        clock=clock,
+    )
+    try:
+        with pytest.raises(AuthError):
+            await source.fetch()
+    finally:
+        await source.aclose()
