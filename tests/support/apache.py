@@ -1,0 +1,173 @@
+"""A real Apache Pulsar standalone broker on loopback, for tests that need more than pulsar-lite.
+
+Thin wrapper over ``scripts/apache-pulsar.sh``, which fetches the distribution through Maven
+into a cache outside the repository (once), writes the broker's config under ``data_dir`` and
+waits until the admin API answers. Ports are picked free on 127.0.0.1 unless given.
+
+    if not apache_pulsar_available():
+        pytest.skip("needs a JDK >= 21 and Maven")
+    with start_apache_pulsar(tmp_path / "pulsar", auth_token=True) as broker:
+        client = pulsar.Client(
+            broker.service_url, authentication=pulsar.AuthenticationToken(broker.admin_token)
+        )
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "apache-pulsar.sh"
+
+# A cold fetch is ~10 s here and startup ~8 s, but the script's own readiness bound is 180 s.
+_START_TIMEOUT_S = 600.0
+_STOP_TIMEOUT_S = 120.0
+_TOKEN_TIMEOUT_S = 60.0
+
+
+class ApachePulsarError(RuntimeError):
+    """The script failed; the message carries its stderr (with the broker's log tail)."""
+
+
+@dataclass(frozen=True)
+class ApachePulsar:
+    """A running standalone broker started by :func:`start_apache_pulsar`."""
+
+    service_url: str
+    admin_url: str
+    data_dir: Path
+    pid: int
+    # With tls=True: the TLS endpoints and the CA certificate that signed the server's.
+    service_url_tls: str | None = None
+    admin_url_tls: str | None = None
+    tls_ca_cert: Path | None = None
+    # With auth_token=True: the superuser ("admin") token; other roles via token().
+    admin_token: str | None = None
+
+    def token(self, subject: str) -> str:
+        """A token for role ``subject``, signed with this broker's secret key."""
+        if self.admin_token is None:
+            raise ApachePulsarError("broker was started without auth_token=True")
+        return _run_script(["token", str(self.data_dir), subject], _TOKEN_TIMEOUT_S).strip()
+
+    def admin_headers(self) -> dict[str, str]:
+        """HTTP headers for the admin API (empty when authentication is off)."""
+        if self.admin_token is None:
+            return {}
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a bound; safe to call more than once."""
+        _run_script(["stop", str(self.data_dir)], _STOP_TIMEOUT_S)
+
+    def __enter__(self) -> ApachePulsar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def apache_pulsar_available() -> bool:
+    """True when a JDK >= 21 is present and Maven is (or the distribution is already cached)."""
+    try:
+        result = subprocess.run(
+            ["bash", str(SCRIPT), "check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel's pick; racy but good enough)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _free_ports(count: int, taken: set[int]) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < count:
+        candidate = free_port()
+        if candidate not in taken and candidate not in ports:
+            ports.append(candidate)
+    return ports
+
+
+def _run_script(args: list[str], timeout: float, env: dict[str, str] | None = None) -> str:
+    try:
+        result = subprocess.run(
+            ["bash", str(SCRIPT), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ApachePulsarError(f"apache-pulsar.sh {args[0]} timed out after {timeout}s") from exc
+    if result.returncode != 0:
+        raise ApachePulsarError(
+            f"apache-pulsar.sh {' '.join(args)} exited {result.returncode}:\n{result.stderr}"
+        )
+    return result.stdout
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("PULSAR_"):
+            values[key] = value
+    return values
+
+
+def start_apache_pulsar(
+    data_dir: Path,
+    *,
+    tls: bool = False,
+    auth_token: bool = False,
+    port: int | None = None,
+    web_port: int | None = None,
+) -> ApachePulsar:
+    """Start a standalone broker whose config, data and logs all live under ``data_dir``.
+
+    Reusing a ``data_dir`` restarts the broker on its existing data (and TLS material and
+    secret key). Raises :class:`ApachePulsarError` if it is not ready in time.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    picked = iter(_free_ports(4, {p for p in (port, web_port) if p is not None}))
+    env = dict(os.environ)
+    env["PULSAR_PORT"] = str(port if port is not None else next(picked))
+    env["PULSAR_WEB_PORT"] = str(web_port if web_port is not None else next(picked))
+    env["PULSAR_TLS_PORT"] = str(next(picked))
+    env["PULSAR_WEB_TLS_PORT"] = str(next(picked))
+    args = ["start", str(data_dir)]
+    if tls:
+        args.append("--tls")
+    if auth_token:
+        args.append("--auth-token")
+    values = _parse_env(_run_script(args, _START_TIMEOUT_S, env))
+
+    admin_token = None
+    if token_file := values.get("PULSAR_ADMIN_TOKEN_FILE"):
+        admin_token = Path(token_file).read_text().strip()
+    ca_cert = values.get("PULSAR_CA_CERT")
+    return ApachePulsar(
+        service_url=values["PULSAR_SERVICE_URL"],
+        admin_url=values["PULSAR_ADMIN_URL"],
+        data_dir=data_dir.resolve(),
+        pid=int(values["PULSAR_PID"]),
+        service_url_tls=values.get("PULSAR_SERVICE_URL_TLS"),
+        admin_url_tls=values.get("PULSAR_ADMIN_URL_TLS"),
+        tls_ca_cert=Path(ca_cert) if ca_cert else None,
+        admin_token=admin_token,
+    )
