@@ -1,10 +1,18 @@
-"""The daemon: start every route, run until a signal, then shut down in order.
+"""The daemon: start every route, run until a signal, reload on SIGHUP, shut down in order.
 
-Start-up order: credentials (fail fast on a refused client), Pulsar client, producers and
-consumers of every route. Shutdown order (SIGTERM/SIGINT): stop intake on every route,
-give in-flight batches ``drain_grace_s``, nack what is left, flush and close producers and
-consumers, close the client. A route whose intake dies is a fatal error: the daemon drains
-the others and exits non-zero so the supervisor restarts it.
+Start-up: loop heartbeat and systemd watchdog first (a slow start must not look like a hang),
+the health server, credentials (a refused client fails fast), the Pulsar client, then the
+routes; ``READY=1`` once every route is consuming.
+
+SIGHUP re-reads the config directory. An invalid config is rejected whole and the running
+routes are untouched. Otherwise added routes start, removed routes drain and stop, and
+changed routes (their file, or the workspace they call) drain and restart. ``[pulsar]``
+changes need a restart of the process, which is logged.
+
+Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop intake on every route, give in-flight
+batches ``drain_grace_s``, nack what is left, flush and close producers and consumers, close
+the client. A route whose intake dies is fatal: the daemon drains the others and exits 1 so
+the supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -13,116 +21,300 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 import structlog
 
-from bridge.config import Config
-from bridge.errors import AuthError, BridgeError
+from bridge.config import Config, RouteSettings, load_config
+from bridge.errors import AuthError, BridgeError, ConfigError
+from bridge.health import (
+    DEFAULT_LAG_THRESHOLD_S,
+    EndpointReadiness,
+    EndpointStateProbe,
+    HealthServer,
+    LoopHeartbeat,
+)
 from bridge.identity import WorkspaceAuth, build_workspace_auth, invocation_url
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.relay import Route
 from bridge.serving import ServingClient
+from bridge.systemd import Notifier, watchdog_loop
 
 log = structlog.get_logger("bridge")
+
+STATUS_INTERVAL_S = 10.0
 
 
 class Bridge:
     """All routes of one config directory, sharing one Pulsar client and one HTTP pool."""
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.routes: list[Route] = []
+        self._notifier = notifier or Notifier()
+        self._heartbeat = LoopHeartbeat()
+        self._running: dict[str, tuple[Route, asyncio.Future[None]]] = {}
+        self._probes: dict[str, EndpointStateProbe] = {}
+        self._auths: dict[str | None, WorkspaceAuth] = {}
         self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
         self._started = time.monotonic()
+        self._pulsar: PulsarConnection | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # ------------------------------------------------------------- DaemonView (health)
+
+    @property
+    def routes(self) -> Sequence[Route]:
+        return [route for route, _ in self._running.values()]
+
+    def broker_connected(self) -> bool:
+        return bool(self._running) and all(r.connected for r in self.routes)
+
+    def loop_lag_s(self) -> float:
+        return self._heartbeat.lag_s()
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    async def endpoint_states(self) -> Mapping[str, EndpointReadiness | None]:
+        probes = {r.name: self._probes.get(r.name) for r in self.routes}
+        return {name: None if p is None else await p.state() for name, p in probes.items()}
+
+    # ------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
 
     async def run(self) -> int:
         """Run until stopped; return the process exit code."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        max_conns = sum(r.endpoint.max_in_flight for r in self.config.routes) + 4
-        limits = httpx.Limits(max_connections=max_conns, max_keepalive_connections=max_conns)
-        auths = build_workspace_auth(
-            self.config, on_refresh=lambda ws: self.metrics.token_refreshes.labels(ws).inc()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        background = [
+            asyncio.ensure_future(self._heartbeat.run(1.0)),
+            asyncio.ensure_future(
+                watchdog_loop(
+                    self._notifier,
+                    lambda: self._heartbeat.lag_s() < DEFAULT_LAG_THRESHOLD_S,
+                )
+            ),
+            asyncio.ensure_future(self._status_loop()),
+        ]
+        bind = self.config.bridge.observe.http_bind
+        health = HealthServer(self, self.metrics.registry, bind) if bind else None
+        try:
+            async with httpx.AsyncClient(limits=_limits(self.config)) as http:
+                self._http = http
+                code = await self._serve(health)
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._notifier.close()
+            log.info("stopped", uptime_s=round(self.uptime_s(), 1))
+        return code
+
+    async def _serve(self, health: HealthServer | None) -> int:
+        try:
+            if health is not None:
+                await health.start()
+                log.info("http_listening", url=health.url)
+            self._auths = self._build_auths(self.config, {})
+            await _first_tokens(self._auths)
+            self._pulsar = PulsarConnection(self.config.bridge.pulsar)
+            for settings in self.config.routes:
+                await self._start_route(settings)
+            log.info("ready", routes=sorted(self._running))
+            self._notifier.ready(f"{len(self._running)} route(s) running")
+            return await self._supervise()
+        except BridgeError as exc:
+            log.error("start_failed", error=str(exc))
+            return 1
+        finally:
+            self._notifier.stopping()
+            await self._shutdown()
+            if health is not None:
+                await health.stop()
+
+    async def _supervise(self) -> int:
+        """Wait for a signal or a failed route; handle reloads in between."""
+        while True:
+            stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
+            reload: asyncio.Future[Any] = asyncio.ensure_future(self._reload.wait())
+            runs: dict[asyncio.Future[Any], Route] = {
+                task: route for route, task in self._running.values()
+            }
+            done, _ = await asyncio.wait({stop, reload, *runs}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            failed = [runs[t] for t in done if t in runs and t.exception() is not None]
+            for route in failed:
+                task = self._running[route.name][1]
+                log.error("route_failed", route=route.name, error=repr(task.exception()))
+            if failed:
+                return 1
+            if stop in done:
+                log.info("stopping", reason="signal")
+                return 0
+            self._reload.clear()
+            await self._apply_reload()
+
+    async def _apply_reload(self) -> None:
+        self._notifier.reloading()
+        log.info("reloading", config=str(self.config.directory))
+        try:
+            new = load_config(self.config.directory)
+        except ConfigError as exc:
+            log.error("reload_rejected", problems=[str(p) for p in exc.problems])
+            self._notifier.ready(f"reload rejected; {len(self._running)} route(s) running")
+            return
+        if new.bridge.pulsar != self.config.bridge.pulsar:
+            log.warning("reload_pulsar_changed", action="restart the process to apply [pulsar]")
+        old, self.config = self.config, new
+        old_auths, self._auths = self._auths, self._build_auths(new, self._auths)
+        old_routes = {r.name: r for r in old.routes}
+        new_routes = {r.name: r for r in new.routes}
+        stopped, started = [], []
+        for name, settings in old_routes.items():
+            if name not in new_routes or _route_changed(old, new, settings, new_routes[name]):
+                await self._stop_route(name)
+                stopped.append(name)
+        for auth in old_auths.values():
+            if auth not in self._auths.values() and auth.cache is not None:
+                await auth.cache.aclose()
+        for name, settings in new_routes.items():
+            if name not in self._running:
+                try:
+                    await self._start_route(settings)
+                except BridgeError as exc:
+                    log.error("route_start_failed", route=name, error=str(exc))
+                    continue
+                started.append(name)
+        log.info("reloaded", stopped=stopped, started=started, routes=sorted(self._running))
+        self._notifier.ready(f"{len(self._running)} route(s) running")
+
+    def _build_auths(
+        self, config: Config, current: Mapping[str | None, WorkspaceAuth]
+    ) -> dict[str | None, WorkspaceAuth]:
+        """Auth per used workspace; unchanged workspaces keep their token cache."""
+        fresh = build_workspace_auth(
+            config, on_refresh=lambda ws: self.metrics.token_refreshes.labels(ws).inc()
         )
-        pulsar: PulsarConnection | None = None
-        async with httpx.AsyncClient(limits=limits) as http:
-            try:
-                await _first_tokens(auths)
-                pulsar = PulsarConnection(self.config.bridge.pulsar)
-                await self._open_routes(pulsar, http, auths)
-                log.info("ready", routes=[r.name for r in self.routes])
-                code = await self._relay_until_stopped()
-            except BridgeError as exc:
-                log.error("start_failed", error=str(exc))
-                code = 1
-            finally:
-                await self._shutdown(pulsar, auths)
-        return code
-
-    async def _open_routes(
-        self,
-        pulsar: PulsarConnection,
-        http: httpx.AsyncClient,
-        auths: dict[str | None, WorkspaceAuth],
-    ) -> None:
-        for settings in self.config.routes:
-            auth = auths[settings.endpoint.workspace].httpx_auth if settings.endpoint.name else None
-            serving = ServingClient(
-                invocation_url(self.config, settings),
-                http,
-                auth=auth,
-                timeout_s=settings.endpoint.timeout_s,
-                retry_statuses=settings.failure.retry_statuses,
+        kept: dict[str | None, WorkspaceAuth] = {}
+        for name, auth in fresh.items():
+            previous = current.get(name)
+            same = previous is not None and _workspace(self.config, name) == _workspace(
+                config, name
             )
-            route = Route(settings, serving, self.metrics)
-            self.routes.append(route)
-            await route.open(pulsar)
+            kept[name] = previous if same and previous is not None else auth
+        return kept
 
-    async def _relay_until_stopped(self) -> int:
-        runs: dict[asyncio.Future[Any], Route] = {
-            asyncio.ensure_future(r.run()): r for r in self.routes
-        }
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        done, _ = await asyncio.wait({*runs, stop}, return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        for task in done:
-            if task is not stop and task.exception() is not None:
-                log.error("route_failed", route=runs[task].name, error=repr(task.exception()))
-                code = 1
-        log.info("stopping", reason="signal" if stop in done else "route failure")
-        for route in self.routes:
-            route.stop()
-        stop.cancel()
-        await asyncio.wait(runs)
-        return code
-
-    async def _shutdown(
-        self, pulsar: PulsarConnection | None, auths: dict[str | None, WorkspaceAuth]
-    ) -> None:
-        grace = self.config.bridge.daemon.drain_grace_s
-        for route in self.routes:
-            route.stop()
-        await asyncio.gather(*(r.drain(grace) for r in self.routes))
-        for route in self.routes:
+    async def _start_route(self, settings: RouteSettings) -> None:
+        assert self._pulsar is not None
+        assert self._http is not None
+        auth = None
+        if settings.endpoint.name is not None:
+            auth = self._auths[settings.endpoint.workspace].httpx_auth
+            host = self.config.workspace_for(settings).host or ""
+            self._probes[settings.name] = EndpointStateProbe(
+                self._http, host, settings.endpoint.name, auth=auth
+            )
+        serving = ServingClient(
+            invocation_url(self.config, settings),
+            self._http,
+            auth=auth,
+            timeout_s=settings.endpoint.timeout_s,
+            retry_statuses=settings.failure.retry_statuses,
+        )
+        route = Route(settings, serving, self.metrics)
+        try:
+            await route.open(self._pulsar)
+        except BridgeError:
             await route.close()
-        if pulsar is not None:
+            self._probes.pop(settings.name, None)
+            raise
+        self._running[settings.name] = (route, asyncio.ensure_future(route.run()))
+
+    async def _stop_route(self, name: str) -> None:
+        route, task = self._running.pop(name)
+        self._probes.pop(name, None)
+        route.stop()
+        await asyncio.wait({task})
+        await route.drain(self.config.bridge.daemon.drain_grace_s)
+        await route.close()
+
+    async def _shutdown(self) -> None:
+        routes = list(self._running.values())
+        for route, _ in routes:
+            route.stop()
+        await asyncio.gather(*(task for _, task in routes), return_exceptions=True)
+        grace = self.config.bridge.daemon.drain_grace_s
+        await asyncio.gather(*(route.drain(grace) for route, _ in routes))
+        for route, _ in routes:
+            await route.close()
+        self._running.clear()
+        if self._pulsar is not None:
             with contextlib.suppress(BridgeError):
-                await pulsar.close()
-        for auth in auths.values():
+                await self._pulsar.close()
+        for auth in self._auths.values():
             if auth.cache is not None:
                 await auth.cache.aclose()
-        log.info("stopped", uptime_s=round(time.monotonic() - self._started, 1))
+
+    async def _status_loop(self) -> None:
+        """Per-route rates for ``systemctl status`` (STATUS=), when run under systemd."""
+        if not self._notifier.enabled:
+            return
+        previous: dict[str, tuple[int, int]] = {}
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            parts = []
+            for route in self.routes:
+                m = route.metrics
+                before = previous.get(route.name, (m.events_in, m.results_out))
+                rate_in = (m.events_in - before[0]) / STATUS_INTERVAL_S
+                rate_out = (m.results_out - before[1]) / STATUS_INTERVAL_S
+                previous[route.name] = (m.events_in, m.results_out)
+                parts.append(f"{route.name} {route.state} {rate_in:.0f}/s in {rate_out:.0f}/s out")
+            self._notifier.status("; ".join(parts) or "no routes")
 
 
-async def _first_tokens(auths: dict[str | None, WorkspaceAuth]) -> None:
+def _limits(config: Config) -> httpx.Limits:
+    # Enough connections for every request a route may have in flight, plus token calls
+    # and readiness probes; more than that would only queue at the endpoint.
+    size = sum(r.endpoint.max_in_flight for r in config.routes) + 8
+    return httpx.Limits(max_connections=size, max_keepalive_connections=size)
+
+
+def _workspace(config: Config, name: str | None) -> Any:
+    return config.bridge.databricks if name is None else config.bridge.workspaces.get(name)
+
+
+def _route_changed(old: Config, new: Config, before: RouteSettings, after: RouteSettings) -> bool:
+    if before != after:
+        return True
+    if after.endpoint.name is None:
+        return False
+    changed: bool = _workspace(old, after.endpoint.workspace) != _workspace(
+        new, after.endpoint.workspace
+    )
+    return changed
+
+
+async def _first_tokens(auths: Mapping[str | None, WorkspaceAuth]) -> None:
     """Fetch each workspace's token once: a refused client is a config error, found now."""
     for auth in auths.values():
         if auth.cache is None:

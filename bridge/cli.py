@@ -48,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(check)
     check.set_defaults(handler=_check)
 
+    status = sub.add_parser("status", help="show what a running daemon's routes are doing")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="one JSON document per refresh")
+    status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
+    status.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between the two samples (rates)"
+    )
+    status.set_defaults(handler=_status)
+
     emulate = sub.add_parser("emulate", help="serve the local Databricks emulator")
     from bridge.emulator.cli import add_arguments  # the emulator's options live with it
 
@@ -103,10 +112,32 @@ def _run(args: argparse.Namespace) -> int:
     return code
 
 
+def _status(args: argparse.Namespace) -> int:
+    from bridge.errors import BridgeError
+    from bridge.status import show
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    try:
+        code: int = asyncio.run(
+            show(config, as_json=args.json, watch=args.watch, interval_s=args.interval)
+        )
+    except BridgeError as exc:
+        print(f"pulsar-bridge status: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
 def _emulate(args: argparse.Namespace) -> int:
     from bridge.emulator.cli import run
 
-    return run(args)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it handled, after shutdown
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

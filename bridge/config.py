@@ -67,7 +67,10 @@ class PulsarOAuth2Auth(_Section):
 
 class PulsarSettings(_Section):
     service_url: str = "pulsar://127.0.0.1:6650"
+    # Where `pulsar-bridge status` reads subscription lag: the admin REST API, or (for
+    # pulsar-lite, which has none) the broker's Prometheus endpoint.
     admin_url: str | None = None
+    metrics_url: str | None = None
     tls_trust_certs_file: str | None = None
     tls_allow_insecure: bool = False
     auth: PulsarTokenAuth | PulsarOAuth2Auth | None = Field(default=None, discriminator="type")

@@ -64,6 +64,9 @@ class Source:
             # An ack that fails leaves the event unacked: it is redelivered, never lost.
             raise BrokerError(f"ack on {self.description} failed: {exc}") from exc
 
+    def is_connected(self) -> bool:
+        return bool(self._consumer._consumer.is_connected())
+
     def nack(self, received: Received) -> None:
         # The asyncio wrapper runs nack in a thread; the C++ call only marks the message for
         # redelivery and does not block, so calling it directly keeps the loop thread-free.

@@ -66,6 +66,11 @@ class Route:
         return "paused" if self._circuit.is_open else "running"
 
     @property
+    def connected(self) -> bool:
+        """Whether the consumer has a live connection to the broker."""
+        return self._source is not None and self._source.is_connected()
+
+    @property
     def in_flight(self) -> int:
         return len(self._tasks)
 

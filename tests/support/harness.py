@@ -51,7 +51,7 @@ def write_config(
     bridge: dict[str, Any] = {
         "pulsar": {"service_url": service_url},
         "databricks": dict(databricks),
-        "observe": {"log_format": "json", "log_level": "info"},
+        "observe": {"log_format": "json", "log_level": "info", "http_bind": "127.0.0.1:0"},
         "daemon": {"drain_grace_s": 10},
     }
     for section, values in (extra or {}).items():
