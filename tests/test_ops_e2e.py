@@ -154,10 +154,11 @@ def test_status_command_prints_rates_and_lag(
     start_bridge: BridgeFactory,
 ) -> None:
     port = free_port()
+    admin_url = getattr(broker, "admin_url", None)
     lag_source = (
-        {"admin_url": broker.admin_url}
-        if getattr(broker, "admin_url", None)
-        else {"metrics_url": getattr(broker, "metrics_url", "")}
+        {"admin_url": admin_url}
+        if admin_url
+        else {"metrics_url": getattr(broker, "metrics_url", None)}
     )
     bridge = start_bridge(
         {"fraud": route_config(topics)},
