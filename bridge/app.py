@@ -129,6 +129,8 @@ class Bridge:
         return code
 
     async def _serve(self, health: HealthServer | None) -> int:
+        for warning in self.config.warnings:
+            log.warning("config_warning", detail=warning)
         try:
             if health is not None:
                 await health.start()

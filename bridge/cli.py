@@ -89,6 +89,8 @@ def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for route in config.routes:
         target = route.endpoint.url or f"endpoint {route.endpoint.name}"
         print(

@@ -246,6 +246,8 @@ class Config(BaseModel):
     directory: Path
     bridge: BridgeSettings
     routes: tuple[RouteSettings, ...]
+    # Not errors, but worth a line at start-up (e.g. a secret file readable by others).
+    warnings: tuple[str, ...] = ()
 
     def workspace_for(self, route: RouteSettings) -> WorkspaceSettings:
         """The workspace a named-endpoint route calls."""
@@ -288,6 +290,7 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Config
     env = dict(os.environ if env is None else env)
     context = {"base_dir": directory, "env": env}
     problems: list[ConfigProblem] = []
+    warnings: list[str] = []
     bridge_file = directory / "bridge.toml"
     raw_bridge = _read_toml(bridge_file, problems, required=False)
     bridge = _parse_bridge(raw_bridge, bridge_file, env, context, problems)
@@ -317,11 +320,13 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Config
     problems.extend(_check_routes(routes))
     if bridge is not None:
         problems.extend(_check_workspaces(bridge, routes, bridge_file))
-        problems.extend(_check_secrets(bridge, bridge_file))
+        problems.extend(_check_secrets(bridge, bridge_file, warnings))
     if problems:
         raise ConfigError(problems)
     assert bridge is not None
-    return Config(directory=directory, bridge=bridge, routes=tuple(routes))
+    return Config(
+        directory=directory, bridge=bridge, routes=tuple(routes), warnings=tuple(warnings)
+    )
 
 
 def _read_toml(
@@ -457,7 +462,9 @@ def _check_workspaces(
     return problems
 
 
-def _check_secrets(bridge: BridgeSettings, bridge_file: Path) -> list[ConfigProblem]:
+def _check_secrets(
+    bridge: BridgeSettings, bridge_file: Path, warnings: list[str]
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     sections = {"databricks": bridge.databricks} | {
         f"databricks.{name}": ws for name, ws in bridge.workspaces.items()
@@ -468,13 +475,19 @@ def _check_secrets(bridge: BridgeSettings, bridge_file: Path) -> list[ConfigProb
             if secret is None:
                 continue
             try:
-                secret.reveal()
+                secret.reveal(
+                    warn=lambda text, where=f"{section}.{field}": warnings.append(
+                        f"{bridge_file}: {where}: {text}"
+                    )
+                )
             except SecretError as exc:
                 problems.append(ConfigProblem(str(bridge_file), f"{section}.{field}", str(exc)))
     auth = bridge.pulsar.auth
     if isinstance(auth, PulsarTokenAuth):
         try:
-            auth.token.reveal()
+            auth.token.reveal(
+                warn=lambda text: warnings.append(f"{bridge_file}: pulsar.auth.token: {text}")
+            )
         except SecretError as exc:
             problems.append(ConfigProblem(str(bridge_file), "pulsar.auth.token", str(exc)))
     return problems

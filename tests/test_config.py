@@ -719,3 +719,41 @@ def test_secret_problems_are_reported_with_route_problems(tmp_path: Path) -> Non
         ("bridge.toml", "databricks.token"),
         ("a.toml", "source.subscripton"),
     }
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o600, False)])
+def test_secret_file_readable_by_others_is_a_warning(
+    tmp_path: Path, mode: int, warned: bool
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    write_config(
+        tmp_path / "cfg",
+        bridge=f"""
+            [databricks]
+            host = "https://example.invalid"
+            token = "file:{secret}"
+        """,
+        routes={
+            "r": """
+                [source]
+                topics = ["in"]
+                subscription = "s"
+                [endpoint]
+                name = "m"
+                [result]
+                topic = "out"
+            """
+        },
+    )
+
+    warnings = load(tmp_path / "cfg").warnings
+
+    if warned:
+        (warning,) = warnings
+        assert "databricks.token" in warning
+        assert "mode 644" in warning
+        assert "s3cret" not in warning
+    else:
+        assert warnings == ()
