@@ -1,0 +1,277 @@
+"""The emulator's HTTP surface as a Starlette app over one :class:`EmulatorState`.
+
+An invocation passes these gates in order, the first failing one answering:
+auth (401) -> endpoint and served model exist (404) -> endpoint READY (503) -> pre-parse faults
+(latency, outage, fail_next, connection reset, 429) -> Content-Type (415) -> payload
+size (413) -> JSON object with exactly one input key (400) -> poisoned row (400) ->
+the model rejects the rows (400, only with a real model) -> 200
+``{"predictions": [...]}`` with a ``served-model-name`` header.
+
+Routes under ``/_emulator/`` steer the emulator from tests and need no auth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from bridge.emulator.endpoints import endpoint_detail
+from bridge.emulator.faults import Rejection
+from bridge.emulator.model import Row, rows_from_body, score
+from bridge.emulator.oauth import (
+    GrantHandler,
+    authorization_server_metadata,
+    databricks_config,
+    default_grant_handlers,
+    token_endpoint,
+)
+from bridge.emulator.state import EmulatorState
+
+# Drops the connection a request arrived on without answering; True if it did. The
+# server supplies it because only the server can reach the socket.
+ConnectionDropper = Callable[[Request], bool]
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class _ConnectionDropped(Exception):
+    """The connection was dropped: there is nobody to answer and no status to count."""
+
+
+class ApiError(Exception):
+    """A Databricks REST error: ``{"error_code", "message"}`` with an HTTP status."""
+
+    def __init__(
+        self, status: int, error_code: int | str, message: str, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @classmethod
+    def from_rejection(cls, rejection: Rejection) -> ApiError:
+        """The error for a fault-injected rejection."""
+        return cls(
+            rejection.status, rejection.error_code, rejection.message, rejection.retry_after_s
+        )
+
+    def response(self) -> Response:
+        """This error as a JSON response, with ``Retry-After`` when one is set."""
+        headers = {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+        body = {"error_code": self.error_code, "message": self.message}
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def _check_access(state: EmulatorState, request: Request, endpoint: str) -> None:
+    failure = state.authenticate(request.headers.get("authorization"))
+    if failure is not None:
+        raise ApiError(401, failure.error_code, failure.message)
+    if not state.serves(endpoint):
+        message = f"Endpoint with name '{endpoint}' does not exist."
+        raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
+
+
+def _parse_rows(state: EmulatorState, request: Request, raw: bytes) -> list[Row]:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        message = f"Content type must be 'application/json', got '{media_type}'."
+        raise ApiError(415, "BAD_REQUEST", message)
+    oversize = state.faults.check_payload(len(raw))
+    if oversize is not None:
+        raise ApiError.from_rejection(oversize)
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ApiError(400, "BAD_REQUEST", "The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        body = {"<non-object body>": body}  # reported through the one-input-key message
+    try:
+        return rows_from_body(body)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_REQUEST", str(exc)) from exc
+
+
+async def _await_disconnect(request: Request) -> None:
+    # Returning only once the server has seen the connection go keeps it from trying
+    # to write a response to the dead socket.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _invoke(
+    state: EmulatorState, dropper: ConnectionDropper | None, request: Request
+) -> Response:
+    endpoint = request.path_params["name"]
+    raw = await request.body()  # read first so every answer leaves the connection reusable
+    _check_access(state, request, endpoint)
+    served = state.served_model_name(endpoint)
+    if request.path_params.get("served", served) != served:
+        message = f"Served model '{request.path_params['served']}' not found in '{endpoint}'."
+        raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
+    if not state.is_ready(endpoint):
+        raise ApiError(503, "TEMPORARILY_UNAVAILABLE", f"Endpoint '{endpoint}' is not ready.")
+    decision = state.faults.decide(state.clock())
+    if decision.delay_s > 0:
+        await asyncio.sleep(decision.delay_s)
+    if decision.drop_connection and dropper is not None and dropper(request):
+        state.counters.connections_dropped += 1
+        await _await_disconnect(request)
+        raise _ConnectionDropped
+    if decision.rejection is not None:
+        raise ApiError.from_rejection(decision.rejection)
+    rows = _parse_rows(state, request, raw)
+    poisoned = state.faults.check_poison(rows)
+    if poisoned is not None:
+        raise ApiError.from_rejection(poisoned)
+    predictions = await _predict(state, rows)
+    state.counters.rows_scored += len(rows)
+    state.counters.endpoint(endpoint).rows_scored += len(rows)
+    return JSONResponse({"predictions": predictions}, headers={"served-model-name": served})
+
+
+async def _predict(state: EmulatorState, rows: list[Row]) -> list[object]:
+    """Predictions from the configured model, else from the built-in formula."""
+    if state.model is None:
+        return [score(row) for row in rows]
+    try:
+        # A real model's predict is blocking CPU work: off the loop, so token requests
+        # and fault steering stay responsive while a big batch is scored.
+        return await asyncio.to_thread(state.model.predict, rows)
+    except ValueError as exc:  # what MLflow answers for a missing column or a bad type
+        raise ApiError(400, "BAD_REQUEST", str(exc)) from exc
+
+
+async def _get_endpoint(state: EmulatorState, request: Request) -> Response:
+    endpoint = request.path_params["name"]
+    _check_access(state, request, endpoint)
+    return JSONResponse(endpoint_detail(state, endpoint))
+
+
+def _counted(state: EmulatorState, handler: Handler) -> Handler:
+    """``handler`` turning ApiError into its response and counting the status."""
+
+    async def counted(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except ApiError as error:
+            response = error.response()
+        except _ConnectionDropped:
+            return Response()  # uvicorn discards it: the socket is already gone
+        state.counters.requests_by_status[response.status_code] += 1
+        endpoint = request.path_params.get("name")
+        is_invocation = request.url.path.endswith("/invocations")
+        if endpoint is not None and is_invocation and state.serves(endpoint):
+            counters = state.counters.endpoint(endpoint)
+            counters.requests += 1
+            counters.by_status[response.status_code] += 1
+        return response
+
+    return counted
+
+
+async def _read_json_object(request: Request) -> dict[str, object]:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "BAD_REQUEST", "The request body is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, "BAD_REQUEST", "The request body must be a JSON object.")
+    return body
+
+
+async def _put_faults(state: EmulatorState, request: Request) -> Response:
+    try:
+        faults = state.faults.update(await _read_json_object(request), state.clock())
+    except ValueError as exc:
+        raise ApiError(400, "BAD_REQUEST", str(exc)) from exc
+    return JSONResponse(dataclasses.asdict(faults))
+
+
+async def _put_endpoint_state(state: EmulatorState, request: Request) -> Response:
+    ready = (await _read_json_object(request)).get("ready")
+    if not isinstance(ready, bool):
+        raise ApiError(400, "BAD_REQUEST", 'Expected {"ready": true|false}.')
+    state.set_ready(request.path_params["name"], ready)
+    return JSONResponse({"ready": ready})
+
+
+def _control_routes(state: EmulatorState) -> list[Route]:
+    async def stats(request: Request) -> Response:
+        return JSONResponse(state.counters.as_json())
+
+    async def revoke(request: Request) -> Response:
+        return JSONResponse({"revoked": state.revoke_all()})
+
+    async def reset(request: Request) -> Response:
+        state.reset()
+        return JSONResponse({"reset": True})
+
+    def guarded(handler: Callable[[EmulatorState, Request], Awaitable[Response]]) -> Handler:
+        async def run(request: Request) -> Response:
+            try:
+                return await handler(state, request)
+            except ApiError as error:
+                return error.response()
+
+        return run
+
+    return [
+        Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/faults", guarded(_put_faults), methods=["PUT"]),
+        Route("/_emulator/revoke", revoke, methods=["POST"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+        Route("/_emulator/endpoints/{name}", guarded(_put_endpoint_state), methods=["PUT"]),
+    ]
+
+
+def create_app(
+    state: EmulatorState,
+    *,
+    grant_handlers: Mapping[str, GrantHandler] | None = None,
+    connection_dropper: ConnectionDropper | None = None,
+) -> Starlette:
+    """The emulator app serving ``state``.
+
+    ``grant_handlers`` replaces the token endpoint's grants (default: client
+    credentials). Without ``connection_dropper`` the connection-reset fault is a no-op
+    and the request proceeds, since only the server can drop a socket.
+    """
+    grants = dict(default_grant_handlers() if grant_handlers is None else grant_handlers)
+    invoke = _counted(state, partial(_invoke, state, connection_dropper))
+
+    async def config(request: Request) -> Response:
+        return databricks_config(request, state)
+
+    async def oidc_metadata(request: Request) -> Response:
+        return authorization_server_metadata(request, grants)
+
+    async def token(request: Request) -> Response:
+        return await token_endpoint(request, state, grants)
+
+    routes = [
+        Route("/.well-known/databricks-config", config, methods=["GET"]),
+        Route("/oidc/.well-known/oauth-authorization-server", oidc_metadata, methods=["GET"]),
+        Route("/oidc/v1/token", _counted(state, token), methods=["POST"]),
+        Route("/serving-endpoints/{name}/invocations", invoke, methods=["POST"]),
+        Route(
+            "/serving-endpoints/{name}/served-models/{served}/invocations",
+            invoke,
+            methods=["POST"],
+        ),
+        Route(
+            "/api/2.0/serving-endpoints/{name}",
+            _counted(state, partial(_get_endpoint, state)),
+            methods=["GET"],
+        ),
+        *_control_routes(state),
+    ]
+    return Starlette(routes=routes)
