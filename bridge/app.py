@@ -36,7 +36,7 @@ from bridge.health import (
     HealthServer,
     LoopHeartbeat,
 )
-from bridge.identity import WorkspaceAuth, build_workspace_auth, invocation_url
+from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.relay import Route
@@ -228,21 +228,22 @@ class Bridge:
     async def _start_route(self, settings: RouteSettings) -> None:
         assert self._pulsar is not None
         assert self._http is not None
-        auth = None
+        workspace = None
         if settings.endpoint.name is not None:
-            auth = self._auths[settings.endpoint.workspace].httpx_auth
+            workspace = self._auths[settings.endpoint.workspace]
             host = self.config.workspace_for(settings).host or ""
             self._probes[settings.name] = EndpointStateProbe(
-                self._http, host, settings.endpoint.name, auth=auth
+                self._http, host, settings.endpoint.name, auth=workspace.httpx_auth
             )
+        target = await resolve_endpoint(self.config, settings, self._http, workspace)
         serving = ServingClient(
-            invocation_url(self.config, settings),
+            target.url,
             self._http,
-            auth=auth,
+            auth=target.auth,
             timeout_s=settings.endpoint.timeout_s,
             retry_statuses=settings.failure.retry_statuses,
         )
-        route = Route(settings, serving, self.metrics)
+        route = Route(settings, serving, self.metrics, on_close=target.aclose)
         try:
             await route.open(self._pulsar)
         except BridgeError:

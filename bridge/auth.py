@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import warnings
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -133,7 +133,8 @@ class OAuthTokenSource:
     """Any OAuth grant at ``{host}/oidc/v1/token``, done by authlib.
 
     ``form`` returns the grant's extra form fields at each fetch (so a rotated subject token
-    file is re-read); client credentials go as HTTP Basic when a secret is given.
+    file is re-read); ``assertion``, when given, supplies the jwt-bearer assertion; client
+    credentials go as HTTP Basic when a secret is given.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class OAuthTokenSource:
         client_id: Secret | None,
         client_secret: Secret | None,
         form: Callable[[], dict[str, str]] = dict,
+        assertion: Callable[[], Awaitable[str]] | None = None,
         clock: Clock = time.monotonic,
         timeout_s: float = 30.0,
     ) -> None:
@@ -152,6 +154,7 @@ class OAuthTokenSource:
         self._client_id = client_id
         self._client_secret = client_secret
         self._form = form
+        self._assertion = assertion
         self._clock = clock
         self._timeout_s = timeout_s
         self._client: AsyncOAuth2Client | None = None
@@ -175,6 +178,10 @@ class OAuthTokenSource:
         client = self._oauth_client()
         try:
             auth, fields = self._credentials()
+            if self._assertion is not None:
+                # jwt-bearer: the assertion is another token of ours (a workspace token
+                # exchanged for one scoped to a route-optimized endpoint).
+                fields["assertion"] = await self._assertion()
             data: dict[str, Any] = await client.fetch_token(
                 self._token_endpoint,
                 grant_type=self._grant_type,
@@ -208,3 +215,49 @@ class OAuthTokenSource:
 
 class _NoClientAuth(httpx.Auth):
     """Sends the token request as is (authlib otherwise adds its own client auth)."""
+
+
+class DatabricksSdkTokenSource:
+    """Whatever databricks-sdk unified auth resolves (env, ~/.databrickscfg profile, ...).
+
+    The SDK is synchronous and may do HTTP to get a token, so each fetch runs in a worker
+    thread: the one place the daemon leaves its loop, and only at token refresh. The SDK
+    caches and refreshes its own token; asking it again every ``recheck_s`` costs nothing
+    while that token is valid.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str | None,
+        profile: str | None,
+        recheck_s: float = 300.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._host = host
+        self._profile = profile
+        self._recheck_s = recheck_s
+        self._clock = clock
+        self._config: Any = None
+
+    def _authenticate(self) -> dict[str, str]:
+        from databricks.sdk.core import Config as SdkConfig
+        from databricks.sdk.errors.base import DatabricksError
+
+        try:
+            if self._config is None:
+                self._config = SdkConfig(host=self._host, profile=self._profile)
+            headers: dict[str, str] = self._config.authenticate()
+        except (DatabricksError, ValueError) as exc:
+            raise AuthError(f"databricks-sdk auth failed: {exc}", retriable=True) from exc
+        return headers
+
+    async def fetch(self) -> Token:
+        headers = await asyncio.to_thread(self._authenticate)
+        value = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not value:
+            raise AuthError("databricks-sdk auth produced no bearer token", retriable=False)
+        return Token(value, self._clock() + self._recheck_s)
+
+    async def aclose(self) -> None:
+        return None

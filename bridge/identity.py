@@ -7,19 +7,33 @@ on the same workspace share one token and one refresh.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
 
 import httpx
+import structlog
 
-from bridge.auth import BearerAuth, OAuthTokenSource, StaticTokenSource, TokenCache, TokenSource
+from bridge.auth import (
+    BearerAuth,
+    DatabricksSdkTokenSource,
+    OAuthTokenSource,
+    StaticTokenSource,
+    TokenCache,
+    TokenSource,
+)
 from bridge.config import Config, RouteSettings, WorkspaceSettings
-from bridge.errors import ConfigError, ConfigProblem, SecretError
+from bridge.errors import AuthError, ConfigError, ConfigProblem, SecretError
 from bridge.secrets import Secret
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+log = structlog.get_logger("bridge.identity")
 
 
 @dataclass
@@ -58,8 +72,10 @@ def token_source(ws: WorkspaceSettings, where: str) -> TokenSource | None:
             client_secret=None,
             form=_subject_token_form(ws),
         )
+    if kind == "databricks-sdk":
+        return DatabricksSdkTokenSource(host=ws.host, profile=ws.profile)
     raise ConfigError(
-        [ConfigProblem("bridge.toml", f"{where}.auth_type", f"{kind!r} is not supported yet")]
+        [ConfigProblem("bridge.toml", f"{where}.auth_type", f"{kind!r} is not supported")]
     )
 
 
@@ -118,3 +134,103 @@ def invocation_url(config: Config, route: RouteSettings) -> str:
             f"{endpoint.served_model}/invocations"
         )
     return f"{host}/serving-endpoints/{endpoint.name}/invocations"
+
+
+@dataclass
+class EndpointTarget:
+    """Where a route sends requests and with which auth; ``cache`` is the route's own
+    scoped token cache for a route-optimized endpoint (closed with the route)."""
+
+    url: str
+    auth: httpx.Auth | None
+    route_optimized: bool = False
+    cache: TokenCache | None = None
+
+    async def aclose(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
+
+
+async def resolve_endpoint(
+    config: Config,
+    route: RouteSettings,
+    http: httpx.AsyncClient,
+    workspace: WorkspaceAuth | None,
+) -> EndpointTarget:
+    """The invocation target of a route, asking Databricks whether it is route-optimized.
+
+    A route-optimized endpoint is queried on its own data-plane URL with a token scoped to
+    that endpoint (``authorization_details``), exchanged from the workspace token. When the
+    endpoint cannot be described (no permission to read it, an old workspace), the route
+    uses the workspace URL, which is right for every endpoint that is not route-optimized.
+    """
+    url = invocation_url(config, route)
+    if route.endpoint.name is None or workspace is None:
+        return EndpointTarget(url, None)
+    auth = workspace.httpx_auth
+    cache = workspace.cache
+    host = (config.workspace_for(route).host or "").rstrip("/")
+    if cache is None or not host:
+        return EndpointTarget(url, auth)
+    details = await _describe(http, host, route.endpoint.name, auth)
+    if details is None or not details.get("route_optimized"):
+        return EndpointTarget(url, auth)
+    data_plane = _data_plane_url(details)
+    endpoint_id = details.get("id")
+    if data_plane is None or not isinstance(endpoint_id, str):
+        log.warning("route_optimized_without_url", route=route.name)
+        return EndpointTarget(url, auth)
+    authorization = json.dumps(
+        [
+            {
+                "type": "workspace_permission",
+                "object_type": "serving-endpoints",
+                "object_path": f"/serving-endpoints/{endpoint_id}",
+                "actions": ["query_inference_endpoint"],
+            }
+        ]
+    )
+    scoped = TokenCache(
+        OAuthTokenSource(
+            f"{host}/oidc/v1/token",
+            grant_type=JWT_BEARER,
+            client_id=None,
+            client_secret=None,
+            form=lambda: {"authorization_details": authorization},
+            assertion=cache.get,
+        ),
+        leeway_s=config.workspace_for(route).token_leeway_s,
+    )
+    log.info("route_optimized", route=route.name, url=data_plane)
+    return EndpointTarget(data_plane, BearerAuth(scoped), True, scoped)
+
+
+async def _describe(
+    http: httpx.AsyncClient, host: str, name: str, auth: httpx.Auth | None
+) -> dict[str, Any] | None:
+    url = f"{host}/api/2.0/serving-endpoints/{quote(name, safe='')}"
+    try:
+        response = await http.get(url, auth=auth or httpx.USE_CLIENT_DEFAULT, timeout=30.0)
+    except (httpx.HTTPError, AuthError, SecretError) as exc:
+        log.warning("endpoint_describe_failed", endpoint=name, error=str(exc))
+        return None
+    if response.status_code != 200:
+        log.warning("endpoint_describe_failed", endpoint=name, status=response.status_code)
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _data_plane_url(details: dict[str, Any]) -> str | None:
+    url = details.get("endpoint_url")
+    if not isinstance(url, str):
+        info = details.get("data_plane_info", {})
+        query = info.get("query_info", {}) if isinstance(info, dict) else {}
+        url = query.get("endpoint_url") if isinstance(query, dict) else None
+    if not isinstance(url, str) or not url:
+        return None
+    # Databricks documents the full invocation URL; accept a base URL too.
+    return url if url.rstrip("/").endswith("/invocations") else url.rstrip("/") + "/invocations"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -40,12 +40,14 @@ class Route:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_close: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
         self._serving = serving
         self.metrics = RouteMetrics(metrics, settings.name)
         self._clock = clock
+        self._on_close = on_close
         self._stopping = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.endpoint.max_in_flight)
         self._tasks: set[asyncio.Future[None]] = set()
@@ -231,6 +233,8 @@ class Route:
         if self._source is not None:
             with contextlib.suppress(BrokerError):
                 await self._source.close()
+        if self._on_close is not None:
+            await self._on_close()
         log.info("route_stopped", route=self.name, **self.metrics.summary())
 
     def _circuit_changed(self, state: CircuitState) -> None:
