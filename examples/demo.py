@@ -1,13 +1,16 @@
 """`make demo`: the whole path on embedded parts, then a summary.
 
+    python examples/demo.py [fraud|spam] [--events N]
+
 Starts a pulsar-lite broker and the Databricks emulator on loopback, runs the bridge as a
-separate process on the ``examples/fraud`` route (with the broker and emulator addresses
-filled in), publishes a few thousand card transactions plus two malformed events, shows
+separate process on the example's config (``examples/<name>``, with the broker and emulator
+addresses filled in), publishes a few thousand sample events plus two malformed ones, shows
 progress while results flow, prints a few results and a summary, and stops everything.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -18,6 +21,8 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +32,8 @@ import tomli_w
 from bridge.embedded import EmbeddedBroker
 from bridge.emulator import EmulatorServer, EmulatorState
 
-EXAMPLE = Path(__file__).resolve().parent / "fraud"
-EVENTS = 5000
-CLIENT_ID, SECRET = "fraud-sp", "demo-secret-not-for-production"
+HERE = Path(__file__).resolve().parent
+SECRET = "demo-secret-not-for-production"
 
 
 def transactions(n: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -47,10 +51,59 @@ def transactions(n: int, seed: int = 7) -> list[dict[str, Any]]:
     ]
 
 
-def config_for(workdir: Path, broker: EmbeddedBroker, emulator: EmulatorServer) -> Path:
-    """Copy examples/fraud, pointing it at the embedded broker and the emulator."""
+def chat_messages(n: int, seed: int = 11) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    words = ["deploy", "lunch", "FREE", "review", "prize", "meeting", "crypto", "thanks"]
+    out = []
+    for i in range(n):
+        text = " ".join(rng.choice(words) for _ in range(rng.randrange(3, 12)))
+        out.append(
+            {
+                "message_id": f"m-{i:05d}",
+                "channel": rng.choice(["general", "random", "support"]),
+                "text": text,
+                "links": rng.choice([0, 0, 0, 1, 2]),
+                "exclamations": text.count("FREE") + rng.randrange(2),
+                "caps_ratio": round(sum(c.isupper() for c in text) / len(text), 3),
+                "account_age_days": rng.randrange(0, 2000),
+            }
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Example:
+    """What the demo needs to know about one ``examples/<name>`` config."""
+
+    name: str
+    client_id: str
+    secret_env: str
+    endpoint: str
+    id_field: str
+    key_field: str | None
+    generate: Callable[[int], list[dict[str, Any]]]
+
+    @property
+    def directory(self) -> Path:
+        return HERE / self.name
+
+
+EXAMPLES = {
+    "fraud": Example(
+        "fraud", "fraud-sp", "FRAUD_SP_SECRET", "fraud-model", "id", "card", transactions
+    ),
+    "spam": Example(
+        "spam", "spam-sp", "SPAM_SP_SECRET", "spam-classifier", "message_id", None, chat_messages
+    ),
+}
+
+
+def config_for(
+    example: Example, workdir: Path, broker: EmbeddedBroker, emulator: EmulatorServer
+) -> Path:
+    """Copy examples/<name>, pointing it at the embedded broker and the emulator."""
     config = workdir / "config"
-    shutil.copytree(EXAMPLE, config, ignore=shutil.ignore_patterns("*.jsonl"))
+    shutil.copytree(example.directory, config, ignore=shutil.ignore_patterns("*.jsonl"))
     bridge = tomllib.loads((config / "bridge.toml").read_text())
     bridge["pulsar"]["service_url"] = broker.url
     bridge["databricks"]["host"] = emulator.url
@@ -60,16 +113,26 @@ def config_for(workdir: Path, broker: EmbeddedBroker, emulator: EmulatorServer) 
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("example", nargs="?", default="fraud", choices=sorted(EXAMPLES))
+    parser.add_argument("--events", type=int, default=5000)
+    args = parser.parse_args()
+    example = EXAMPLES[args.example]
     workdir = Path(tempfile.mkdtemp(prefix="pulsar-bridge-demo-"))
-    route = tomllib.loads((EXAMPLE / "routes" / "fraud.toml").read_text())
+    (route_file,) = (example.directory / "routes").glob("*.toml")
+    route = tomllib.loads(route_file.read_text())
     source, results_topic = route["source"]["topics"][0], route["result"]["topic"]
     dlq_topic = route["failure"]["dead_letter_topic"]
-    state = EmulatorState(clients={CLIENT_ID: SECRET}, token_ttl_s=3600)
+    state = EmulatorState(
+        clients={example.client_id: SECRET},
+        endpoints=frozenset({example.endpoint}),
+        token_ttl_s=3600,
+    )
     print(f"demo workspace: {workdir}")
     with EmbeddedBroker(workdir / "broker") as broker, EmulatorServer(state) as emulator:
         print(f"pulsar-lite broker  {broker.url}")
         print(f"Databricks emulator {emulator.url}")
-        config = config_for(workdir, broker, emulator)
+        config = config_for(example, workdir, broker, emulator)
         client = pulsar.Client(broker.url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
         results = client.subscribe(
             results_topic, "demo-reader", initial_position=pulsar.InitialPosition.Earliest
@@ -82,10 +145,11 @@ def main() -> int:
             [sys.executable, "-m", "bridge", "run", "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FRAUD_SP_SECRET": SECRET},
+            env={**os.environ, example.secret_env: SECRET},
         )
         try:
-            code = relay(client, bridge, results, dead, source, workdir)
+            events = example.generate(args.events)
+            code = relay(example, events, client, bridge, results, dead, source, workdir)
         finally:
             if bridge.poll() is None:
                 bridge.send_signal(signal.SIGTERM)
@@ -98,6 +162,8 @@ def main() -> int:
 
 
 def relay(
+    example: Example,
+    events: list[dict[str, Any]],
     client: pulsar.Client,
     bridge: subprocess.Popen[bytes],
     results: pulsar.Consumer,
@@ -105,16 +171,17 @@ def relay(
     source: str,
     workdir: Path,
 ) -> int:
-    events = transactions(EVENTS)
+    total = len(events)
     producer = client.create_producer(source, block_if_queue_full=True)
     started = time.monotonic()
-    for tx in events:
-        producer.send_async(json.dumps(tx).encode(), None, partition_key=tx["card"])
+    for ev in events:
+        key = str(ev[example.key_field]) if example.key_field else None
+        producer.send_async(json.dumps(ev).encode(), None, partition_key=key)
     producer.send_async(b"this is not JSON", None)
     producer.send_async(b'["a", "list", "is", "not", "an", "event"]', None)
     producer.flush()
     print(
-        f"published {EVENTS} transactions and 2 malformed events "
+        f"published {total} {example.name} events and 2 malformed ones "
         f"in {time.monotonic() - started:.2f}s"
     )
 
@@ -122,7 +189,7 @@ def relay(
     first_result = None
     last_report = time.monotonic()
     deadline = time.monotonic() + 120
-    while len(got) < EVENTS and time.monotonic() < deadline:
+    while len(got) < total and time.monotonic() < deadline:
         if bridge.poll() is not None:
             print(f"bridge exited early with {bridge.returncode}; see {workdir / 'bridge.log'}")
             return 1
@@ -131,11 +198,12 @@ def relay(
         except pulsar.Timeout:
             continue
         first_result = first_result or time.monotonic()
-        got[json.loads(msg.data())["id"]] = {"result": json.loads(msg.data()), **msg.properties()}
+        body = json.loads(msg.data())
+        got[body[example.id_field]] = {"result": body, **msg.properties()}
         results.acknowledge(msg)
         if time.monotonic() - last_report >= 0.5:
             last_report = time.monotonic()
-            print(f"  ... {len(got):>5}/{EVENTS} results")
+            print(f"  ... {len(got):>5}/{total} results")
     flowing = time.monotonic() - (first_result or started)
     dead_letters: list[tuple[bytes, str]] = []
     while len(dead_letters) < 2:
@@ -161,11 +229,11 @@ def relay(
     code = bridge.wait(30)
     rate = len(got) / flowing if flowing > 0 else 0.0
     print(
-        f"\nsummary: events in {EVENTS + 2}, results out {len(got)}, "
+        f"\nsummary: events in {total + 2}, results out {len(got)}, "
         f"dead-lettered {len(dead_letters)}, elapsed {elapsed:.2f}s, "
         f"{rate:,.0f} events/s while flowing; bridge exit code {code}"
     )
-    ok = len(got) == EVENTS and len(dead_letters) == 2 and code == 0
+    ok = len(got) == total and len(dead_letters) == 2 and code == 0
     print("demo OK" if ok else f"demo FAILED; see {workdir / 'bridge.log'}")
     return 0 if ok else 1
 
