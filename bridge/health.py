@@ -359,6 +359,8 @@ class HealthServer:
             host, port = parse_bind(self.bind)
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.create_server((host, port), family=family)
+            # Inherited by accepted connections: no Nagle delay on split response writes.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except ValueError as exc:
             raise BridgeError(f"observe.http_bind: {exc}") from exc
         except OSError as exc:

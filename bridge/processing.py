@@ -224,7 +224,7 @@ class BatchProcessor:
                     current=invocation.served_model,
                 )
             self._metrics.served_model = invocation.served_model
-        sends = []
+        messages = []
         for event, prediction in zip(events, predictions, strict=True):
             data, properties = result_message(
                 event,
@@ -233,31 +233,23 @@ class BatchProcessor:
                 passthrough=route.result.passthrough,
                 served_model=invocation.served_model,
             )
-            sends.append(self._results.publish(data, properties, event.received.key))
-        outcomes = await asyncio.gather(*sends, return_exceptions=True)
+            messages.append((data, properties, event.received.key))
+        outcomes = await self._results.publish_all(messages)
         published = []
-        for event, outcome in zip(events, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        for event, error in zip(events, outcomes, strict=True):
+            if error is not None:
                 # Not confirmed by the broker: never ack; Pulsar redelivers the event.
-                self._metrics.last_error = str(outcome)
+                self._metrics.last_error = str(error)
                 self.nack([event])
             else:
                 published.append(event)
-        await self._ack(published)
+        self._ack(published)
         self._metrics.published(len(published))
 
-    async def _ack(self, events: list[Event]) -> None:
+    def _ack(self, events: list[Event]) -> None:
         for event in events:
             event.settled = True
-        outcomes = await asyncio.gather(
-            *(self._source.ack(e.received) for e in events), return_exceptions=True
-        )
-        failed = [o for o in outcomes if isinstance(o, BaseException)]
-        if failed:
-            # The result is out; the event will come back and be scored again (a duplicate).
-            log.warning(
-                "ack_failed", route=self._route.name, count=len(failed), reason=str(failed[0])
-            )
+            self._source.ack(event.received)
 
     def nack(self, events: Sequence[Event]) -> None:
         """Hand events back to Pulsar for redelivery."""
@@ -283,7 +275,7 @@ class BatchProcessor:
             log.error("dead_letter_failed", route=self._route.name, reason=str(exc))
             self._source.nack(event.received)
             return
-        await self._ack([event])
+        self._ack([event])
 
     async def dead_letter(self, received: Received, reason: str) -> None:
         """Publish the original bytes to the DLQ with the reason; raises BrokerError."""

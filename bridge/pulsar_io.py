@@ -7,15 +7,22 @@ messages and takes back acks, nacks and publishes; Pulsar's exceptions leave it 
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
-from collections.abc import Mapping
+import threading
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
+import structlog
 
 from bridge.config import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth, SourceSettings
 from bridge.errors import BrokerError
+
+log = structlog.get_logger("bridge.pulsar")
 
 _CONSUMER_TYPES = {
     "shared": pulsar.ConsumerType.Shared,
@@ -30,18 +37,29 @@ _POSITIONS = {
 
 
 class Received:
-    """One consumed message, reduced to what the relay needs (slots: one per event)."""
+    """One consumed message, reduced to what the relay needs (slots: one per event).
 
-    __slots__ = ("data", "key", "message", "message_id", "properties", "redelivery_count", "topic")
+    Properties and the redelivery count are read from the message only when asked for:
+    they matter on the failure paths, and reading them costs per event.
+    """
 
-    def __init__(self, message: pulsar.Message) -> None:
-        self.message = message
+    __slots__ = ("data", "key", "message", "message_id", "topic")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message  # the C extension's message: no Python wrapper per event
         self.data: bytes = message.data()
         self.key: str | None = message.partition_key() or None
         self.topic: str = message.topic_name()
-        self.redelivery_count: int = message.redelivery_count()
         self.message_id: str = str(message.message_id())
-        self.properties: dict[str, str] = message.properties()
+
+    @property
+    def properties(self) -> dict[str, str]:
+        props: dict[str, str] = self.message.properties()
+        return props
+
+    @property
+    def redelivery_count(self) -> int:
+        return int(self.message.redelivery_count())
 
 
 class Source:
@@ -50,19 +68,47 @@ class Source:
     def __init__(self, consumer: pulsar_asyncio.Consumer, description: str) -> None:
         self._consumer = consumer
         self.description = description
+        self._loop = asyncio.get_running_loop()
 
     async def receive(self) -> Received:
+        """Wait for the next message."""
         try:
-            return Received(await self._consumer.receive())
+            return Received((await self._consumer.receive())._message)
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(f"receive on {self.description} failed: {exc}") from exc
 
-    async def ack(self, received: Received) -> None:
+    def receive_ready(self, limit: int) -> list[Received]:
+        """Up to ``limit`` messages already in the client's queue, without waiting.
+
+        One awaited receive wakes the loop per message; taking what has already arrived
+        in the same turn is what lets intake keep up with a backlog.
+        """
+        out: list[Received] = []
+        raw = self._consumer._consumer
         try:
-            await self._consumer.acknowledge(received.message)
-        except pulsar_asyncio.PulsarException as exc:
-            # An ack that fails leaves the event unacked: it is redelivered, never lost.
-            raise BrokerError(f"ack on {self.description} failed: {exc}") from exc
+            while len(out) < limit:
+                out.append(Received(raw.receive(0)))
+        except _pulsar.Timeout:
+            pass  # the queue is empty: the normal way out
+        except _pulsar.PulsarException as exc:
+            if not out:
+                raise BrokerError(f"receive on {self.description} failed: {exc}") from exc
+        return out
+
+    def ack(self, received: Received) -> None:
+        """Acknowledge without waiting: the client queues acks and sends them in groups.
+
+        A failed ack leaves the event unacked, so it is redelivered (a duplicate, never a
+        loss); the failure is logged from the loop, not from the client's thread.
+        """
+        self._consumer._consumer.acknowledge_async(received.message, self._on_ack)
+
+    def _ack_failed(self, result: Any) -> None:
+        log.warning("ack_failed", source=self.description, result=str(result))
+
+    def _on_ack(self, result: Any) -> None:
+        if result != _pulsar.Result.Ok:
+            self._loop.call_soon_threadsafe(self._ack_failed, result)
 
     def is_connected(self) -> bool:
         return bool(self._consumer._consumer.is_connected())
@@ -70,7 +116,7 @@ class Source:
     def nack(self, received: Received) -> None:
         # The asyncio wrapper runs nack in a thread; the C++ call only marks the message for
         # redelivery and does not block, so calling it directly keeps the loop thread-free.
-        self._consumer._consumer.negative_acknowledge(received.message._message)
+        self._consumer._consumer.negative_acknowledge(received.message)
 
     async def close(self) -> None:
         try:
@@ -80,7 +126,7 @@ class Source:
 
 
 class Publisher:
-    """A producer on one topic; ``publish`` returns once the broker has the message."""
+    """A producer on one topic; publishing returns once the broker has the messages."""
 
     def __init__(self, producer: pulsar_asyncio.Producer, topic: str) -> None:
         self._producer = producer
@@ -89,10 +135,50 @@ class Publisher:
     async def publish(
         self, data: bytes, properties: Mapping[str, str], key: str | None = None
     ) -> None:
-        try:
-            await self._producer.send(data, properties=dict(properties), partition_key=key)
-        except pulsar_asyncio.PulsarException as exc:
-            raise BrokerError(f"publish to {self.topic} failed: {exc}") from exc
+        (error,) = await self.publish_all([(data, properties, key)])
+        if error is not None:
+            raise error
+
+    async def publish_all(
+        self, messages: Sequence[tuple[bytes, Mapping[str, str], str | None]]
+    ) -> list[BrokerError | None]:
+        """Publish in order; one outcome per message (None when the broker confirmed it).
+
+        The client confirms each message on its own thread; the loop is woken once, when
+        the last confirmation is in, rather than once per message.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        outcomes: list[BrokerError | None] = [None] * len(messages)
+        pending = [len(messages)]
+        lock = threading.Lock()  # confirmations arrive on the client's I/O thread
+
+        def confirmed(index: int, result: Any, _msg_id: Any) -> None:
+            if result != _pulsar.Result.Ok:
+                outcomes[index] = BrokerError(f"publish to {self.topic} failed: {result}")
+            with lock:
+                pending[0] -= 1
+                last = pending[0] == 0
+            if last:
+                loop.call_soon_threadsafe(_resolve, done)
+
+        raw = self._producer._producer
+        for index, (data, properties, key) in enumerate(messages):
+            builder = _pulsar.MessageBuilder()
+            builder.content(data)
+            for name, value in properties.items():
+                builder.property(name, value)
+            if key:
+                builder.partition_key(key)
+            try:
+                raw.send_async(builder.build(), functools.partial(confirmed, index))
+            except _pulsar.PulsarException as exc:
+                # Not queued (e.g. the producer queue is full): no confirmation will come.
+                outcomes[index] = BrokerError(f"publish to {self.topic} failed: {exc}")
+                confirmed(index, _pulsar.Result.Ok, None)
+        if messages:
+            await done
+        return outcomes
 
     async def close(self) -> None:
         try:
@@ -100,6 +186,11 @@ class Publisher:
             await self._producer.close()
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(f"closing producer on {self.topic} failed: {exc}") from exc
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class PulsarConnection:

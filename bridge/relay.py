@@ -120,6 +120,8 @@ class Route:
         )
         stop_wait: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
         receiving: asyncio.Future[Any] | None = None
+        # At most one batch's worth per turn, so linger deadlines and dispatch stay timely.
+        intake_burst = s.max_events
         try:
             while not self._stopping.is_set():
                 if self._circuit.is_open:
@@ -136,8 +138,10 @@ class Route:
                 )
                 if receiving in done:
                     received, receiving = receiving.result(), None
-                    for lane, batch in self._intake(received, lanes):
-                        await self._dispatch(lane, batch)
+                    # Whatever else has already arrived is taken in the same turn.
+                    for message in [received, *source.receive_ready(intake_burst)]:
+                        for lane, batch in self._intake(message, lanes):
+                            await self._dispatch(lane, batch)
                 for lane, batch in lanes.due():
                     await self._dispatch(lane, batch)
             for lane, batch in lanes.flush():
@@ -167,7 +171,7 @@ class Route:
             log.error("dead_letter_failed", route=self.name, reason=str(exc))
             source.nack(received)
             return
-        await source.ack(received)
+        source.ack(received)
 
     async def _dispatch(self, lane: int, batch: list[Event]) -> None:
         _, processor = self._opened()
