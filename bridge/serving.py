@@ -129,5 +129,15 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _snippet(text: str) -> str:
+    """Whitespace folded, at most ``_MESSAGE_LIMIT`` characters, head and tail kept.
+
+    Servers tend to open with context (MLflow repeats the rejected input) and end with the
+    cause ("Model is missing inputs [...]"), so a long message keeps its end, not just its
+    start.
+    """
     text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+    if len(text) <= _MESSAGE_LIMIT:
+        return text
+    head = _MESSAGE_LIMIT // 4
+    tail = _MESSAGE_LIMIT - head - 5
+    return f"{text[:head]} ... {text[-tail:]}"
