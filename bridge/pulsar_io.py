@@ -221,7 +221,7 @@ class PulsarConnection:
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(
                 f"cannot subscribe to {description} at {self.settings.service_url}: {exc}"
-                f"{_hint(exc)}"
+                f"{_hint(exc, self.settings)}"
             ) from exc
         return Source(consumer, description)
 
@@ -238,7 +238,9 @@ class PulsarConnection:
                 batching_max_messages=1000,
             )
         except pulsar_asyncio.PulsarException as exc:
-            raise BrokerError(f"cannot create a producer on {topic}: {exc}{_hint(exc)}") from exc
+            raise BrokerError(
+                f"cannot create a producer on {topic}: {exc}{_hint(exc, self.settings)}"
+            ) from exc
         return Publisher(producer, topic)
 
     async def close(self) -> None:
@@ -273,9 +275,16 @@ def _client_kwargs(settings: PulsarSettings) -> dict[str, Any]:
     return kwargs
 
 
-def _hint(exc: pulsar_asyncio.PulsarException) -> str:
+def _hint(exc: pulsar_asyncio.PulsarException, settings: PulsarSettings) -> str:
     """Point at the bridge.toml setting most likely behind a connection-level failure."""
     name = exc.error().name if hasattr(exc, "error") else ""
+    if name == "Timeout" and settings.auth is not None:
+        # A broker that rejects a token closes the connection and the client only times
+        # out, so with auth configured the credentials are as likely a cause as the address.
+        return (
+            " (broker unreachable, or it refused the credentials: check [pulsar] auth and "
+            "[pulsar] service_url)"
+        )
     hints = {
         "AuthenticationError": " (check [pulsar] auth in bridge.toml)",
         "AuthorizationError": " (the [pulsar] auth role lacks permission on this topic)",
