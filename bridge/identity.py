@@ -22,6 +22,7 @@ from bridge.auth import (
     DatabricksSdkTokenSource,
     OAuthTokenSource,
     StaticTokenSource,
+    Token,
     TokenCache,
     TokenSource,
 )
@@ -190,19 +191,62 @@ async def resolve_endpoint(
             }
         ]
     )
+    assertion = _WorkspaceAssertion(cache)
     scoped = TokenCache(
-        OAuthTokenSource(
-            f"{host}/oidc/v1/token",
-            grant_type=JWT_BEARER,
-            client_id=None,
-            client_secret=None,
-            form=lambda: {"authorization_details": authorization},
-            assertion=cache.get,
+        _RefreshRefusedAssertion(
+            OAuthTokenSource(
+                f"{host}/oidc/v1/token",
+                grant_type=JWT_BEARER,
+                client_id=None,
+                client_secret=None,
+                form=lambda: {"authorization_details": authorization},
+                assertion=assertion,
+            ),
+            assertion,
         ),
         leeway_s=config.workspace_for(route).token_leeway_s,
     )
+    if route.endpoint.served_model is not None:
+        # The data plane serves one served model of the endpoint the way the workspace does.
+        base = data_plane.removesuffix("/invocations")
+        data_plane = (
+            f"{base}/served-models/{quote(route.endpoint.served_model, safe='')}/invocations"
+        )
     log.info("route_optimized", route=route.name, url=data_plane)
     return EndpointTarget(data_plane, BearerAuth(scoped), True, scoped)
+
+
+class _WorkspaceAssertion:
+    """The workspace token used as the jwt-bearer assertion; remembers the last one sent."""
+
+    def __init__(self, cache: TokenCache) -> None:
+        self.cache = cache
+        self.last: str | None = None
+
+    async def __call__(self) -> str:
+        self.last = await self.cache.get()
+        return self.last
+
+
+class _RefreshRefusedAssertion:
+    """A scoped-token source that, when the exchange refuses the workspace token (revoked
+    before it expired), drops that token and exchanges a fresh one once."""
+
+    def __init__(self, source: OAuthTokenSource, assertion: _WorkspaceAssertion) -> None:
+        self._source = source
+        self._assertion = assertion
+
+    async def fetch(self) -> Token:
+        try:
+            return await self._source.fetch()
+        except AuthError as exc:
+            if exc.retriable or self._assertion.last is None:
+                raise
+            self._assertion.cache.invalidate(self._assertion.last)
+            return await self._source.fetch()
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
 
 
 async def _describe(

@@ -1,7 +1,12 @@
-"""The emulator's HTTP surface as a Starlette app over one :class:`EmulatorState`.
+"""The emulator's HTTP surface as Starlette apps over one :class:`EmulatorState`.
 
-An invocation passes these gates in order, the first failing one answering:
-auth (401) -> endpoint and served model exist (404) -> endpoint READY (503) -> pre-parse faults
+:func:`create_app` is the workspace; :func:`create_data_plane_app` is the data plane that
+serves route-optimized endpoints at ``/{workspace_id}/serving-endpoints/{name}/invocations``
+on its own port. An invocation passes these gates in order, the first failing one answering:
+workspace: auth (401) -> endpoint exists (404) -> not route-optimized, unless
+``route_optimized_workspace_path`` (400); data plane: workspace id and route-optimized
+endpoint (404) -> a token scoped to that endpoint (401); then both: served model exists
+(404) -> endpoint READY (503) -> pre-parse faults
 (latency, outage, fail_next, connection reset, 429) -> Content-Type (415) -> payload
 size (413) -> JSON object with exactly one input key (400) -> poisoned row (400) ->
 the model rejects the rows (400, only with a real model) -> 200
@@ -16,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
 
 from starlette.applications import Starlette
@@ -25,15 +31,15 @@ from starlette.routing import Route
 
 from bridge.emulator.endpoints import endpoint_detail
 from bridge.emulator.faults import Rejection
+from bridge.emulator.grants import default_grant_handlers
 from bridge.emulator.model import Row, rows_from_body, score
 from bridge.emulator.oauth import (
     GrantHandler,
     authorization_server_metadata,
     databricks_config,
-    default_grant_handlers,
     token_endpoint,
 )
-from bridge.emulator.state import EmulatorState
+from bridge.emulator.state import EmulatorState, EndpointCounters
 
 # Drops the connection a request arrived on without answering; True if it did. The
 # server supplies it because only the server can reach the socket.
@@ -80,6 +86,50 @@ def _check_access(state: EmulatorState, request: Request, endpoint: str) -> None
         raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
 
 
+def _check_workspace_invocation(state: EmulatorState, request: Request, endpoint: str) -> None:
+    _check_access(state, request, endpoint)
+    if state.is_route_optimized(endpoint) and not state.route_optimized_workspace_path:
+        message = (
+            f"Endpoint '{endpoint}' is route-optimized and is queried only at its endpoint_url "
+            "(GET /api/2.0/serving-endpoints/{name})."
+        )
+        raise ApiError(400, "BAD_REQUEST", message)
+
+
+def _check_data_plane_invocation(state: EmulatorState, request: Request, endpoint: str) -> None:
+    this_workspace = request.path_params["workspace_id"] == state.workspace_id
+    if not this_workspace or not state.is_route_optimized(endpoint):
+        message = f"No route-optimized endpoint '{endpoint}' is served here."
+        raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
+    failure = state.authenticate(request.headers.get("authorization"), endpoint=endpoint)
+    if failure is not None:
+        raise ApiError(401, failure.error_code, failure.message)
+
+
+@dataclass(frozen=True)
+class _Plane:
+    """Where invocations arrive: the workspace paths or a route-optimized data plane."""
+
+    data_plane: bool
+
+    def check(self, state: EmulatorState, request: Request, endpoint: str) -> None:
+        """Raise the ApiError of the first access gate the request fails."""
+        if self.data_plane:
+            _check_data_plane_invocation(state, request, endpoint)
+        else:
+            _check_workspace_invocation(state, request, endpoint)
+
+    def counters(self, state: EmulatorState, endpoint: str) -> EndpointCounters:
+        """The per-endpoint counters invocations on this plane go to."""
+        counters = state.counters
+        if self.data_plane:
+            return counters.data_plane_endpoint(endpoint)
+        return counters.endpoint(endpoint)
+
+
+WORKSPACE, DATA_PLANE = _Plane(data_plane=False), _Plane(data_plane=True)
+
+
 def _parse_rows(state: EmulatorState, request: Request, raw: bytes) -> list[Row]:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
@@ -108,11 +158,11 @@ async def _await_disconnect(request: Request) -> None:
 
 
 async def _invoke(
-    state: EmulatorState, dropper: ConnectionDropper | None, request: Request
+    state: EmulatorState, dropper: ConnectionDropper | None, plane: _Plane, request: Request
 ) -> Response:
     endpoint = request.path_params["name"]
     raw = await request.body()  # read first so every answer leaves the connection reusable
-    _check_access(state, request, endpoint)
+    plane.check(state, request, endpoint)
     served = state.served_model_name(endpoint)
     if request.path_params.get("served", served) != served:
         message = f"Served model '{request.path_params['served']}' not found in '{endpoint}'."
@@ -134,7 +184,7 @@ async def _invoke(
         raise ApiError.from_rejection(poisoned)
     predictions = await _predict(state, rows)
     state.counters.rows_scored += len(rows)
-    state.counters.endpoint(endpoint).rows_scored += len(rows)
+    plane.counters(state, endpoint).rows_scored += len(rows)
     return JSONResponse({"predictions": predictions}, headers={"served-model-name": served})
 
 
@@ -156,7 +206,7 @@ async def _get_endpoint(state: EmulatorState, request: Request) -> Response:
     return JSONResponse(endpoint_detail(state, endpoint))
 
 
-def _counted(state: EmulatorState, handler: Handler) -> Handler:
+def _counted(state: EmulatorState, handler: Handler, plane: _Plane = WORKSPACE) -> Handler:
     """``handler`` turning ApiError into its response and counting the status."""
 
     async def counted(request: Request) -> Response:
@@ -170,7 +220,7 @@ def _counted(state: EmulatorState, handler: Handler) -> Handler:
         endpoint = request.path_params.get("name")
         is_invocation = request.url.path.endswith("/invocations")
         if endpoint is not None and is_invocation and state.serves(endpoint):
-            counters = state.counters.endpoint(endpoint)
+            counters = plane.counters(state, endpoint)
             counters.requests += 1
             counters.by_status[response.status_code] += 1
         return response
@@ -197,11 +247,20 @@ async def _put_faults(state: EmulatorState, request: Request) -> Response:
 
 
 async def _put_endpoint_state(state: EmulatorState, request: Request) -> Response:
-    ready = (await _read_json_object(request)).get("ready")
-    if not isinstance(ready, bool):
-        raise ApiError(400, "BAD_REQUEST", 'Expected {"ready": true|false}.')
-    state.set_ready(request.path_params["name"], ready)
-    return JSONResponse({"ready": ready})
+    """``{"ready": bool}`` and/or ``{"route_optimized": bool}`` for one endpoint."""
+    body = await _read_json_object(request)
+    flags = {
+        k: v for k, v in body.items() if k in ("ready", "route_optimized") and isinstance(v, bool)
+    }
+    if not flags or len(flags) != len(body):
+        message = 'Expected {"ready": true|false} and/or {"route_optimized": true|false}.'
+        raise ApiError(400, "BAD_REQUEST", message)
+    name = request.path_params["name"]
+    if "ready" in flags:
+        state.set_ready(name, flags["ready"])
+    if "route_optimized" in flags:
+        state.set_route_optimized(name, flags["route_optimized"])
+    return JSONResponse(flags)
 
 
 def _control_routes(state: EmulatorState) -> list[Route]:
@@ -209,7 +268,8 @@ def _control_routes(state: EmulatorState) -> list[Route]:
         return JSONResponse(state.counters.as_json())
 
     async def revoke(request: Request) -> Response:
-        return JSONResponse({"revoked": state.revoke_all()})
+        scoped_only = request.query_params.get("scoped_only", "").lower() in ("1", "true")
+        return JSONResponse({"revoked": state.revoke_all(scoped_only=scoped_only)})
 
     async def reset(request: Request) -> Response:
         state.reset()
@@ -246,13 +306,13 @@ def create_app(
     and the request proceeds, since only the server can drop a socket.
     """
     grants = dict(default_grant_handlers() if grant_handlers is None else grant_handlers)
-    invoke = _counted(state, partial(_invoke, state, connection_dropper))
+    invoke = _counted(state, partial(_invoke, state, connection_dropper, WORKSPACE))
 
     async def config(request: Request) -> Response:
         return databricks_config(request, state)
 
     async def oidc_metadata(request: Request) -> Response:
-        return authorization_server_metadata(request, grants)
+        return authorization_server_metadata(request, state, grants)
 
     async def token(request: Request) -> Response:
         return await token_endpoint(request, state, grants)
@@ -275,3 +335,18 @@ def create_app(
         *_control_routes(state),
     ]
     return Starlette(routes=routes)
+
+
+def create_data_plane_app(
+    state: EmulatorState, *, connection_dropper: ConnectionDropper | None = None
+) -> Starlette:
+    """The data plane of ``state``'s route-optimized endpoints: invocations only, each
+    accepting only tokens scoped to its endpoint. Faults and counters are the state's."""
+    invoke = _counted(state, partial(_invoke, state, connection_dropper, DATA_PLANE), DATA_PLANE)
+    base = "/{workspace_id}/serving-endpoints/{name}"
+    return Starlette(
+        routes=[
+            Route(f"{base}/invocations", invoke, methods=["POST"]),
+            Route(f"{base}/served-models/{{served}}/invocations", invoke, methods=["POST"]),
+        ]
+    )

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bridge.emulator.federation import load_jwks
 from bridge.emulator.server import run_emulator
+from bridge.emulator.state import FederationPolicy
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +42,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="version in the served-model-name header '<model name>-N' (default 1)",
     )
+    federation = parser.add_argument_group(
+        "OIDC token federation", "trust an external identity provider's JWTs (token exchange)"
+    )
+    federation.add_argument("--federation-issuer", metavar="URL", help="the trusted iss")
+    federation.add_argument(
+        "--federation-audience",
+        action="append",
+        default=[],
+        metavar="AUD",
+        help="an accepted aud (repeatable; at least one)",
+    )
+    federation.add_argument(
+        "--federation-jwks", type=Path, metavar="FILE", help="the issuer's public JWK Set (JSON)"
+    )
+    federation.add_argument("--federation-subject", metavar="SUB", help="the only sub accepted")
+    federation.add_argument(
+        "--federation-client-id",
+        metavar="ID",
+        help="make it a service principal's policy (workload identity federation)",
+    )
+    routing = parser.add_argument_group("route optimization")
+    routing.add_argument(
+        "--route-optimized",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="serve this endpoint on a data plane of its own port (repeatable)",
+    )
+    routing.add_argument(
+        "--scoped-token-ttl", type=int, metavar="S", help="expires_in of endpoint-scoped tokens"
+    )
+
+
+def _federation(args: argparse.Namespace) -> list[FederationPolicy]:
+    """The federation policy the options describe, if any; ValueError when incomplete."""
+    given = [args.federation_issuer, args.federation_audience, args.federation_jwks]
+    if not any(given) and args.federation_subject is None and args.federation_client_id is None:
+        return []
+    if not all(given):
+        raise ValueError(
+            "federation needs --federation-issuer, --federation-audience and --federation-jwks"
+        )
+    return [
+        FederationPolicy(
+            issuer=args.federation_issuer,
+            audiences=frozenset(args.federation_audience),
+            jwks=load_jwks(args.federation_jwks),
+            subject=args.federation_subject,
+            client_id=args.federation_client_id,
+        )
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
             no_auth=args.no_auth,
             model=args.model,
             model_version=args.model_version,
+            federation=_federation(args),
+            route_optimized=tuple(args.route_optimized),
+            scoped_token_ttl_s=args.scoped_token_ttl,
             on_ready=lambda url: print(f"emulator listening on {url}", flush=True),
         )
     except ValueError as exc:

@@ -1,6 +1,13 @@
-"""The ``GET /api/2.0/serving-endpoints/{name}`` body: a ServingEndpointDetailed lookalike."""
+"""The ``GET /api/2.0/serving-endpoints/{name}`` body: a ServingEndpointDetailed lookalike.
+
+A route-optimized endpoint also carries ``endpoint_url`` and
+``data_plane_info.query_info`` (its data-plane URL and the ``authorization_details`` to
+scope a token with) while the data-plane server runs.
+"""
 
 from __future__ import annotations
+
+import json
 
 from bridge.emulator.state import EmulatorState
 
@@ -26,7 +33,7 @@ def endpoint_detail(state: EmulatorState, endpoint: str) -> dict[str, object]:
             "deployment_state_message": "" if ready else "Served entity is being created.",
         },
     }
-    return {
+    detail: dict[str, object] = {
         "name": endpoint,
         "id": state.endpoint_id(endpoint),
         "creator": "emulator@localhost",
@@ -40,6 +47,29 @@ def endpoint_detail(state: EmulatorState, endpoint: str) -> dict[str, object]:
                 "routes": [{"served_model_name": served, "traffic_percentage": 100}]
             },
         },
-        "route_optimized": False,
+        "route_optimized": state.is_route_optimized(endpoint),
         "permission_level": "CAN_QUERY",
     }
+    url = state.invocation_url(endpoint)
+    if url is not None:
+        # Both places the SDK reads it from; only route-optimized endpoints have either.
+        detail["endpoint_url"] = url
+        detail["data_plane_info"] = {
+            "query_info": {
+                "endpoint_url": url,
+                "authorization_details": json.dumps(_query_permission(state, endpoint)),
+            }
+        }
+    return detail
+
+
+def _query_permission(state: EmulatorState, endpoint: str) -> list[dict[str, object]]:
+    """The ``authorization_details`` a scoped token for ``endpoint`` is requested with."""
+    return [
+        {
+            "type": "workspace_permission",
+            "object_type": "serving-endpoints",
+            "object_path": f"/serving-endpoints/{state.endpoint_id(endpoint)}",
+            "actions": ["query_inference_endpoint"],
+        }
+    ]

@@ -1,16 +1,18 @@
 """The emulated OIDC surface: discovery documents and ``POST /oidc/v1/token``.
 
 Grant types are dispatched through a mapping of ``grant_type`` -> :data:`GrantHandler`,
-so token exchange (OIDC federation) and ``jwt-bearer`` (route-optimized scoped tokens)
-plug in as more entries without touching this module; see
-:func:`default_grant_handlers`. Errors follow RFC 6749 section 5.2.
+so token exchange (OIDC federation, ``federation.py``) and ``jwt-bearer``
+(route-optimized scoped tokens, ``route_optimized.py``) plug in as more entries without
+touching this module; ``grants.py`` assembles the default mapping. A grant that only some
+workspaces offer is an :class:`OptionalGrant`: advertised and accepted only while the
+state enables it. Errors follow RFC 6749 section 5.2.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
@@ -59,6 +61,31 @@ class TokenRequest:
 GrantHandler = Callable[[TokenRequest, EmulatorState], dict[str, object]]
 
 
+@dataclass(frozen=True)
+class OptionalGrant:
+    """A grant the workspace offers only while ``enabled(state)``, e.g. token exchange
+    once a federation policy exists; otherwise ``unsupported_grant_type`` with
+    ``disabled_reason``, and the discovery document leaves it out."""
+
+    handler: GrantHandler
+    enabled: Callable[[EmulatorState], bool]
+    disabled_reason: str
+
+    def __call__(self, request: TokenRequest, state: EmulatorState) -> dict[str, object]:
+        if not self.enabled(state):
+            raise OAuthError(400, "unsupported_grant_type", self.disabled_reason)
+        return self.handler(request, state)
+
+
+def offered_grants(grants: Mapping[str, GrantHandler], state: EmulatorState) -> list[str]:
+    """The grant types ``state`` currently accepts, sorted."""
+    return sorted(
+        name
+        for name, handler in grants.items()
+        if not isinstance(handler, OptionalGrant) or handler.enabled(state)
+    )
+
+
 def granted_scope(request: TokenRequest) -> str:
     """The requested scope (default ``all-apis``); invalid_scope for unknown scopes."""
     scope = request.form.get("scope", "all-apis").strip() or "all-apis"
@@ -68,12 +95,18 @@ def granted_scope(request: TokenRequest) -> str:
     return scope
 
 
-def bearer_token_body(state: EmulatorState, scope: str) -> dict[str, object]:
-    """The success body for a freshly issued token; shared by every grant handler."""
+def bearer_token_body(
+    state: EmulatorState, scope: str, *, endpoint_ids: Set[str] = frozenset()
+) -> dict[str, object]:
+    """The success body for a freshly issued token; shared by every grant handler.
+
+    With ``endpoint_ids`` the token is scoped to those endpoints' data planes and lives
+    :attr:`EmulatorState.scoped_ttl_s`.
+    """
     return {
-        "access_token": state.issue_token(scope),
+        "access_token": state.issue_token(scope, endpoint_ids=endpoint_ids),
         "token_type": "Bearer",
-        "expires_in": state.token_ttl_s,
+        "expires_in": state.scoped_ttl_s if endpoint_ids else state.token_ttl_s,
         "scope": scope,
     }
 
@@ -84,11 +117,6 @@ def client_credentials_grant(request: TokenRequest, state: EmulatorState) -> dic
     if not state.client_secret_matches(client_id, secret):
         raise OAuthError(401, "invalid_client", "Client authentication failed.")
     return bearer_token_body(state, granted_scope(request))
-
-
-def default_grant_handlers() -> dict[str, GrantHandler]:
-    """The grants the emulator supports out of the box, keyed by ``grant_type``."""
-    return {"client_credentials": client_credentials_grant}
 
 
 def _basic_credentials(authorization: str | None) -> tuple[str, str] | None:
@@ -157,7 +185,9 @@ def databricks_config(request: Request, state: EmulatorState) -> Response:
     return JSONResponse(body)
 
 
-def authorization_server_metadata(request: Request, grants: Mapping[str, GrantHandler]) -> Response:
+def authorization_server_metadata(
+    request: Request, state: EmulatorState, grants: Mapping[str, GrantHandler]
+) -> Response:
     """``GET /oidc/.well-known/oauth-authorization-server`` (RFC 8414)."""
     oidc = f"{_host(request)}/oidc"
     return JSONResponse(
@@ -165,7 +195,7 @@ def authorization_server_metadata(request: Request, grants: Mapping[str, GrantHa
             "issuer": oidc,
             "authorization_endpoint": f"{oidc}/v1/authorize",
             "token_endpoint": f"{oidc}/v1/token",
-            "grant_types_supported": sorted(grants),
+            "grant_types_supported": offered_grants(grants, state),
             "response_types_supported": ["code"],
             "scopes_supported": sorted(SUPPORTED_SCOPES),
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -15,13 +15,14 @@ from pathlib import Path
 from types import TracebackType
 
 import uvicorn
+from starlette.applications import Starlette
 from starlette.requests import Request
 
-from bridge.emulator.app import create_app
+from bridge.emulator.app import create_app, create_data_plane_app
 from bridge.emulator.faults import FaultInjector, Faults
 from bridge.emulator.mlflow_model import load_served_model
 from bridge.emulator.oauth import GrantHandler
-from bridge.emulator.state import EmulatorState
+from bridge.emulator.state import EmulatorState, FederationPolicy
 
 _log = logging.getLogger(__name__)
 
@@ -39,31 +40,23 @@ class _NotifyingServer(uvicorn.Server):
             self._on_started()
 
 
-class EmulatorServer:
-    """The emulator on ``host``:``port`` (0 picks a free port); a context manager for tests.
+class _UvicornThread:
+    """One Starlette app on ``host``:``port`` (0 picks a free port), served by uvicorn.
 
-    ``with EmulatorServer(state) as server:`` serves from a background thread until the
-    block ends; ``server.url`` is the base URL. :meth:`run` serves in the foreground
-    until SIGINT/SIGTERM instead.
+    :meth:`start` serves from a daemon thread and returns once connections are accepted;
+    :meth:`run` serves in the foreground until SIGINT/SIGTERM. Subclasses build the app
+    in ``__init__`` (with :meth:`_drop_connection` as its connection dropper).
     """
 
-    def __init__(
-        self,
-        state: EmulatorState | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        grant_handlers: Mapping[str, GrantHandler] | None = None,
-        startup_timeout_s: float = 30.0,
-    ) -> None:
-        self.state = state if state is not None else EmulatorState()
+    _thread_name = "emulator"
+
+    def __init__(self, *, host: str, port: int, startup_timeout_s: float) -> None:
         self._host = host
         self._requested_port = port
         self._startup_timeout_s = startup_timeout_s
-        self._app = create_app(
-            self.state, grant_handlers=grant_handlers, connection_dropper=self._drop_connection
-        )
+        self._app: Starlette | None = None
         self._socket: socket.socket | None = None
+        self._bound_port: int | None = None
         self._server: _NotifyingServer | None = None
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
@@ -72,9 +65,9 @@ class EmulatorServer:
     @property
     def port(self) -> int:
         """The bound port; only known once started."""
-        if self._socket is None:
-            raise RuntimeError("the emulator is not running")
-        return int(self._socket.getsockname()[1])
+        if self._bound_port is None:
+            raise RuntimeError(f"the {self._thread_name} is not running")
+        return self._bound_port
 
     @property
     def url(self) -> str:
@@ -84,7 +77,8 @@ class EmulatorServer:
 
     def _prepare(self, on_started: Callable[[], None]) -> tuple[_NotifyingServer, socket.socket]:
         if self._socket is not None:
-            raise RuntimeError("the emulator is already running")
+            raise RuntimeError(f"the {self._thread_name} is already running")
+        assert self._app is not None, "subclasses build the app in __init__"
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         sock = socket.create_server((self._host, self._requested_port), family=family)
         # Accepted connections inherit this: without it, uvicorn's separate writes of headers
@@ -100,6 +94,8 @@ class EmulatorServer:
             timeout_graceful_shutdown=5,
         )
         self._socket = sock
+        # Kept apart from the socket, which uvicorn closes on its way out.
+        self._bound_port = int(sock.getsockname()[1])
         self._server = _NotifyingServer(config, on_started)
         return self._server, sock
 
@@ -107,6 +103,7 @@ class EmulatorServer:
         if self._socket is not None:
             self._socket.close()
         self._socket = None
+        self._bound_port = None
         self._server = None
         self._thread = None
         self._started.clear()
@@ -115,7 +112,7 @@ class EmulatorServer:
         """Serve in the foreground until SIGINT/SIGTERM; ``on_ready(url)`` once listening."""
 
         def started() -> None:
-            _log.info("emulator listening on %s", self.url)
+            _log.info("%s listening on %s", self._thread_name, self.url)
             if on_ready is not None:
                 on_ready(self.url)
 
@@ -138,12 +135,17 @@ class EmulatorServer:
         self._error = None
         server, sock = self._prepare(self._started.set)
         self._thread = threading.Thread(
-            target=self._serve_in_thread, args=(server, sock), name="emulator", daemon=True
+            target=self._serve_in_thread, args=(server, sock), name=self._thread_name, daemon=True
         )
         self._thread.start()
         if not self._started.wait(self._startup_timeout_s) or not server.started:
             self.stop()
-            raise RuntimeError("the emulator failed to start") from self._error
+            raise RuntimeError(f"the {self._thread_name} failed to start") from self._error
+
+    def request_stop(self) -> None:
+        """Ask the server to stop without waiting for it (so several stop together)."""
+        if self._server is not None:
+            self._server.should_exit = True
 
     def stop(self) -> None:
         """Ask the server to stop; for a background one, also wait for it. Idempotent."""
@@ -158,18 +160,6 @@ class EmulatorServer:
             server.force_exit = True
             thread.join(self._startup_timeout_s)
         self._release()
-
-    def __enter__(self) -> EmulatorServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _drop_connection(self, request: Request) -> bool:
         """Reset the TCP connection ``request`` came on (RST, no response)."""
@@ -190,6 +180,123 @@ class EmulatorServer:
         return False
 
 
+class DataPlaneServer(_UvicornThread):
+    """The data plane of route-optimized endpoints, on its own loopback port.
+
+    It shares ``state`` with the workspace server and, while running, publishes its URL as
+    :attr:`EmulatorState.data_plane_url`, from which endpoint descriptions build their
+    ``endpoint_url``. ``with DataPlaneServer(state):`` beside a running
+    :class:`EmulatorServer`, or ``EmulatorServer(state, data_plane=True)`` for both.
+    """
+
+    _thread_name = "emulator data plane"
+
+    def __init__(
+        self,
+        state: EmulatorState,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        super().__init__(host=host, port=port, startup_timeout_s=startup_timeout_s)
+        self.state = state
+        self._app = create_data_plane_app(state, connection_dropper=self._drop_connection)
+
+    def start(self) -> None:
+        super().start()
+        self.state.data_plane_url = self.url
+
+    def stop(self) -> None:
+        if self._bound_port is not None and self.state.data_plane_url == self.url:
+            self.state.data_plane_url = None
+        super().stop()
+
+    def __enter__(self) -> DataPlaneServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmulatorServer(_UvicornThread):
+    """The emulator on ``host``:``port`` (0 picks a free port); a context manager for tests.
+
+    ``with EmulatorServer(state) as server:`` serves from a background thread until the
+    block ends; ``server.url`` is the base URL. :meth:`run` serves in the foreground
+    until SIGINT/SIGTERM instead. ``data_plane=True`` also serves a
+    :class:`DataPlaneServer` (``server.data_plane``) on another port of the same host for
+    as long as the workspace server runs.
+    """
+
+    def __init__(
+        self,
+        state: EmulatorState | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        grant_handlers: Mapping[str, GrantHandler] | None = None,
+        startup_timeout_s: float = 30.0,
+        data_plane: bool = False,
+    ) -> None:
+        super().__init__(host=host, port=port, startup_timeout_s=startup_timeout_s)
+        self.state = state if state is not None else EmulatorState()
+        self._app = create_app(
+            self.state, grant_handlers=grant_handlers, connection_dropper=self._drop_connection
+        )
+        self.data_plane = (
+            DataPlaneServer(self.state, host=host, startup_timeout_s=startup_timeout_s)
+            if data_plane
+            else None
+        )
+
+    def run(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve in the foreground until SIGINT/SIGTERM (the data plane from a thread)."""
+        if self.data_plane is None:
+            super().run(on_ready)
+            return
+        self.data_plane.start()
+        try:
+            super().run(on_ready)
+        finally:
+            self.data_plane.stop()
+
+    def start(self) -> None:
+        if self.data_plane is not None:
+            self.data_plane.start()
+        try:
+            super().start()
+        except BaseException:
+            if self.data_plane is not None:
+                self.data_plane.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.data_plane is not None:
+            self.data_plane.request_stop()  # both wind down at once, then both are joined
+        super().stop()
+        if self.data_plane is not None:
+            self.data_plane.stop()
+
+    def __enter__(self) -> EmulatorServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 def build_state(
     *,
     endpoints: Sequence[str] = ("fraud-model",),
@@ -202,22 +309,35 @@ def build_state(
     no_auth: bool = False,
     model: Path | None = None,
     model_version: int = 1,
+    federation: Sequence[FederationPolicy] = (),
+    route_optimized: Sequence[str] = (),
+    scoped_token_ttl_s: int | None = None,
 ) -> EmulatorState:
     """The state for command-line options; ValueError on inconsistent ones.
 
     ``model`` is a saved MLflow model to serve on every endpoint as
     ``<name>-<model_version>``; it is loaded here, so a bad path fails at start-up.
+    ``federation`` policies enable OIDC token exchange; ``route_optimized`` endpoints
+    are served on the data plane with tokens that live ``scoped_token_ttl_s``.
     """
     if (client_id is None) != (client_secret is None):
         raise ValueError("client_id and client_secret must be given together")
-    if not no_auth and client_id is None and not pat_tokens:
-        raise ValueError("auth is on but no OAuth client or PAT is configured (or use no_auth)")
+    if not no_auth and client_id is None and not pat_tokens and not federation:
+        raise ValueError(
+            "auth is on but no OAuth client or PAT (nor a federation policy) is configured "
+            "(or use no_auth)"
+        )
     if token_ttl_s <= 0:
         raise ValueError("token_ttl_s must be positive")
+    if scoped_token_ttl_s is not None and scoped_token_ttl_s <= 0:
+        raise ValueError("scoped_token_ttl_s must be positive")
     if latency_ms < 0:
         raise ValueError("latency_ms must not be negative")
     if model_version < 1:
         raise ValueError("model_version must be at least 1")
+    unknown = sorted(set(route_optimized) - set(endpoints))
+    if unknown and not any_endpoint:
+        raise ValueError(f"route-optimized endpoint(s) not served: {', '.join(unknown)}")
     clients = {client_id: client_secret} if client_id and client_secret is not None else {}
     return EmulatorState(
         endpoints=frozenset(endpoints),
@@ -228,6 +348,9 @@ def build_state(
         token_ttl_s=token_ttl_s,
         faults=FaultInjector(Faults(latency_ms=latency_ms)),
         model=None if model is None else load_served_model(model, model_version),
+        federation_policies=list(federation),
+        route_optimized=set(route_optimized),
+        scoped_token_ttl_s=scoped_token_ttl_s,
     )
 
 
@@ -245,12 +368,17 @@ def run_emulator(
     no_auth: bool = False,
     model: Path | None = None,
     model_version: int = 1,
+    federation: Sequence[FederationPolicy] = (),
+    route_optimized: Sequence[str] = (),
+    scoped_token_ttl_s: int | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve an emulator in the foreground until SIGINT/SIGTERM: the CLI's entry point.
 
     ``on_ready(url)`` runs once the socket accepts connections (print the URL there:
-    with ``port=0`` it is the only way to learn the port). ValueError on bad options.
+    with ``port=0`` it is the only way to learn the port). With ``route_optimized``
+    endpoints a data plane is served too, on a free port of ``host``; endpoint
+    descriptions name it. ValueError on bad options.
     """
     state = build_state(
         endpoints=endpoints,
@@ -263,5 +391,9 @@ def run_emulator(
         no_auth=no_auth,
         model=model,
         model_version=model_version,
+        federation=federation,
+        route_optimized=route_optimized,
+        scoped_token_ttl_s=scoped_token_ttl_s,
     )
-    EmulatorServer(state, host=host, port=port).run(on_ready=on_ready)
+    server = EmulatorServer(state, host=host, port=port, data_plane=bool(route_optimized))
+    server.run(on_ready=on_ready)
