@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bridge.emulator.federation import load_jwks
-from bridge.emulator.server import run_emulator
+from bridge.emulator.server import build_state, run_emulator
 from bridge.emulator.state import FederationPolicy
 
 
@@ -97,9 +97,7 @@ def _federation(args: argparse.Namespace) -> list[FederationPolicy]:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        run_emulator(
-            host=args.host,
-            port=args.port,
+        state = build_state(
             endpoints=tuple(args.endpoints or ("fraud-model",)),
             any_endpoint=args.any_endpoint,
             client_id=args.client_id,
@@ -113,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             federation=_federation(args),
             route_optimized=tuple(args.route_optimized),
             scoped_token_ttl_s=args.scoped_token_ttl,
+        )
+        run_emulator(
+            state,
+            host=args.host,
+            port=args.port,
             on_ready=lambda url: print(f"emulator listening on {url}", flush=True),
         )
     except ValueError as exc:

@@ -355,45 +355,18 @@ def build_state(
 
 
 def run_emulator(
+    state: EmulatorState,
     *,
     host: str = "127.0.0.1",
     port: int = 0,
-    endpoints: Sequence[str] = ("fraud-model",),
-    any_endpoint: bool = False,
-    client_id: str | None = None,
-    client_secret: str | None = None,
-    pat_tokens: Sequence[str] = (),
-    token_ttl_s: int = 3600,
-    latency_ms: float = 0.0,
-    no_auth: bool = False,
-    model: Path | None = None,
-    model_version: int = 1,
-    federation: Sequence[FederationPolicy] = (),
-    route_optimized: Sequence[str] = (),
-    scoped_token_ttl_s: int | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve an emulator in the foreground until SIGINT/SIGTERM: the CLI's entry point.
+    """Serve ``state`` (see :func:`build_state`) in the foreground until SIGINT/SIGTERM.
 
     ``on_ready(url)`` runs once the socket accepts connections (print the URL there:
-    with ``port=0`` it is the only way to learn the port). With ``route_optimized``
+    with ``port=0`` it is the only way to learn the port). With route-optimized
     endpoints a data plane is served too, on a free port of ``host``; endpoint
-    descriptions name it. ValueError on bad options.
+    descriptions name it.
     """
-    state = build_state(
-        endpoints=endpoints,
-        any_endpoint=any_endpoint,
-        client_id=client_id,
-        client_secret=client_secret,
-        pat_tokens=pat_tokens,
-        token_ttl_s=token_ttl_s,
-        latency_ms=latency_ms,
-        no_auth=no_auth,
-        model=model,
-        model_version=model_version,
-        federation=federation,
-        route_optimized=route_optimized,
-        scoped_token_ttl_s=scoped_token_ttl_s,
-    )
-    server = EmulatorServer(state, host=host, port=port, data_plane=bool(route_optimized))
+    server = EmulatorServer(state, host=host, port=port, data_plane=bool(state.route_optimized))
     server.run(on_ready=on_ready)
