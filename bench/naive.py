@@ -1,0 +1,72 @@
+"""The naive baseline: one event at a time, synchronously (consume, POST, publish, ack).
+
+What a first script looks like: the synchronous Pulsar client, one keep-alive httpx
+connection, a ``dataframe_records`` request of one row, a blocking publish of the result
+(no batching: each send waits for the broker) and then the ack. Prints ``ready`` once
+subscribed and ``done`` after ``--count`` events or ``--timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import httpx
+import orjson
+import pulsar
+
+from bench.payload import client
+from bench.procs import emit, linger
+
+
+def relay_one(consumer: Any, producer: Any, http: httpx.Client, url: str) -> bool:
+    """Settle one event; False if none arrived within a second."""
+    try:
+        message = consumer.receive(timeout_millis=1000)
+    except pulsar.Timeout:
+        return False
+    row = orjson.loads(message.data())
+    response = http.post(url, json={"dataframe_records": [row]})
+    response.raise_for_status()
+    (prediction,) = response.json()["predictions"]
+    result = {"prediction": prediction, "id": row["id"], "ts": row["ts"]}
+    producer.send(orjson.dumps(result), properties={"source_message_id": str(message.message_id())})
+    consumer.acknowledge(message)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--service-url", required=True)
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--subscription", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--endpoint-url", required=True, help="the invocations URL")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    args = parser.parse_args()
+
+    pulsar_client = client(args.service_url)
+    producer = pulsar_client.create_producer(args.result)
+    consumer = pulsar_client.subscribe(
+        args.source,
+        args.subscription,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+    )
+    done = 0
+    with httpx.Client(timeout=30) as http:
+        emit("ready")
+        deadline = time.monotonic() + args.timeout
+        while done < args.count and time.monotonic() < deadline:
+            done += relay_one(consumer, producer, http, args.endpoint_url)
+    emit("done", count=done)
+    producer.close()
+    consumer.close()
+    pulsar_client.close()
+    linger()
+
+
+if __name__ == "__main__":
+    main()
