@@ -1,30 +1,77 @@
-"""Fixtures over real parts: an embedded pulsar-lite broker, the emulator, bridge processes."""
+"""Fixtures over real parts: a broker, the emulator, bridge processes.
+
+Every test that uses ``broker`` (directly or through ``pulsar_client`` / ``start_bridge``)
+runs twice: on the embedded pulsar-lite broker and on a real Apache Pulsar standalone
+(issue #4: users run Apache Pulsar). Each broker is started once per session. Tests that
+need what pulsar-lite lacks run on Apache Pulsar only, by parametrising ``broker`` with
+``APACHE_ONLY`` (see tests/test_apache_*.py).
+
+When Apache Pulsar cannot run here (no JDK >= 21, or neither Maven nor a cached
+distribution), its tests fail in CI (``CI=true``) and are skipped with the reason locally:
+a green CI run must not have silently skipped the real broker.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pulsar
 import pytest
 
 from bridge.embedded import EmbeddedBroker
 from bridge.emulator import EmulatorServer, EmulatorState
+from tests.support import apache
+from tests.support.apache import ApachePulsarBroker, require_apache_pulsar
 from tests.support.harness import BridgeProcess, Topics, write_config
 
 CLIENT_ID = "bridge-sp"
 CLIENT_SECRET = "sp-secret-value-7f3a"
 
+PULSAR_LITE, APACHE = "pulsar-lite", "apache"
+BROKERS = [PULSAR_LITE, APACHE]
+# For a test module or test that needs the real broker: ``pytestmark = APACHE_ONLY``.
+APACHE_ONLY = pytest.mark.parametrize("broker", [APACHE], indirect=True)
+
+
+class Broker(Protocol):
+    """What the tests need of either broker."""
+
+    @property
+    def url(self) -> str: ...
+
+    def restart(self) -> None:
+        """Stop and start again on the same data and port; clients reconnect."""
+
+
+def broker_kind(broker: Broker) -> str:
+    return PULSAR_LITE if isinstance(broker, EmbeddedBroker) else APACHE
+
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+def apache_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApachePulsarBroker]:
+    """One plain (no TLS, no auth) Apache Pulsar standalone for the whole session."""
+    require_apache_pulsar()
+    with ApachePulsarBroker(tmp_path_factory.mktemp("apache-pulsar")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session", params=BROKERS)
+def broker(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Broker]:
+    if request.param == APACHE:
+        apache: ApachePulsarBroker = request.getfixturevalue("apache_broker")
+        yield apache
+        return
     with EmbeddedBroker(tmp_path_factory.mktemp("pulsar-lite")) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
-def pulsar_client(broker: EmbeddedBroker) -> Iterator[pulsar.Client]:
+def pulsar_client(broker: Broker) -> Iterator[pulsar.Client]:
     client = pulsar.Client(broker.url, logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
     yield client
     client.close()
@@ -47,7 +94,7 @@ BridgeFactory = Callable[..., BridgeProcess]
 
 @pytest.fixture
 def start_bridge(
-    tmp_path: Path, broker: EmbeddedBroker, emulator: EmulatorServer
+    tmp_path: Path, broker: Broker, emulator: EmulatorServer
 ) -> Iterator[BridgeFactory]:
     """Write a config dir and start ``pulsar-bridge run`` on it; stopped at teardown."""
     started: list[BridgeProcess] = []
@@ -80,3 +127,46 @@ def start_bridge(
     yield start
     for process in started:
         process.kill()
+
+
+# ------------------------------------------------------------------ timing per broker tier
+
+_tier_seconds: dict[str, float] = {}
+_tier_tests: dict[str, int] = {}
+
+
+def _tier(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "broker" in callspec.params:
+        return str(callspec.params["broker"])
+    if item.path.name.startswith("test_apache_"):
+        return APACHE
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    began = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        tier = _tier(item)
+        if tier is not None:
+            _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + time.monotonic() - began
+            _tier_tests[tier] = _tier_tests.get(tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not _tier_seconds:
+        return
+    terminalreporter.section("broker tiers")
+    for tier in sorted(_tier_seconds):
+        terminalreporter.write_line(
+            f"{tier}: {_tier_tests[tier]} tests, {_tier_seconds[tier]:.1f}s "
+            "(setup, call and teardown, broker start-up included)"
+        )
+    for server in apache.CREATED:
+        starts = ", ".join(f"{s:.1f}s" for s in server.start_times_s)
+        terminalreporter.write_line(f"Apache Pulsar in {server.data_dir.name}: starts {starts}")
