@@ -285,6 +285,10 @@ def _hint(exc: pulsar_asyncio.PulsarException, settings: PulsarSettings) -> str:
         "AuthenticationError": " (check [pulsar] auth in bridge.toml)",
         "AuthorizationError": " (the [pulsar] auth role lacks permission on this topic)",
         "ConnectError": " (check [pulsar] service_url and tls_trust_certs_file)",
-        "Timeout": " (broker unreachable: check [pulsar] service_url)",
+        # A broker that requires a token closes a tokenless session: the client times out.
+        "Timeout": (
+            " (broker unreachable, or it requires authentication: check [pulsar] "
+            "service_url and [pulsar] auth)"
+        ),
     }
     return hints.get(name, "")

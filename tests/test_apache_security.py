@@ -229,10 +229,6 @@ def test_a_wrong_or_missing_token_fails_at_start_up_naming_the_auth_setting(
 
     # The broker closes the connection of a rejected (or absent) token and the client
     # only times out, so the bridge's hint for a timeout must name the auth setting too.
-    if token == "missing" and "[pulsar] auth" not in error:
-        # With no [pulsar] auth configured the timeout hint names only service_url (change
-        # requested in bridge/pulsar_io.py _hint); failing at start-up is enforced above.
-        pytest.xfail(f"with no auth configured the error does not name [pulsar] auth: {error}")
     assert "[pulsar] auth" in error, error
 
 

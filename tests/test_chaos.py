@@ -198,6 +198,11 @@ def test_zero_loss_under_chaos(chaos_broker: Broker, tmp_path: Path) -> None:
             bridge.signal(signal.SIGTERM)  # SIGTERM mid-stream, then a restart
             code = bridge.wait_exit(60)
             assert code == 0, f"SIGTERM exit {code}:\n{bridge.tail()}"
+            if broker_kind(chaos_broker) == PULSAR_LITE:
+                # pulsar-lite sometimes keeps the messages a closed consumer had prefetched
+                # assigned to it, stalling the subscription (seen ~1 run in 4); a broker
+                # restart releases them. Apache Pulsar redelivers them by itself.
+                chaos_broker.restart()
             bridge = start()
             settled_at(0.65)
 
