@@ -127,6 +127,13 @@ def start_bridge(
     yield start
     for process in started:
         process.kill()
+    # Across the whole integration run: no client secret and no token the emulator issued
+    # may appear in any line any bridge process printed.
+    secrets = [CLIENT_SECRET, *emulator.state.tokens]
+    for process in started:
+        output = process.output
+        leaked = [s for s in secrets if s in output]
+        assert not leaked, f"{len(leaked)} secret(s)/token(s) in the log of {process.config_dir}"
 
 
 # ------------------------------------------------------------------ timing per broker tier
