@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -179,6 +180,18 @@ class _UvicornThread:
             return True
         return False
 
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
 
 class DataPlaneServer(_UvicornThread):
     """The data plane of route-optimized endpoints, on its own loopback port.
@@ -211,18 +224,6 @@ class DataPlaneServer(_UvicornThread):
         if self._bound_port is not None and self.state.data_plane_url == self.url:
             self.state.data_plane_url = None
         super().stop()
-
-    def __enter__(self) -> DataPlaneServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class EmulatorServer(_UvicornThread):
@@ -283,18 +284,6 @@ class EmulatorServer(_UvicornThread):
         super().stop()
         if self.data_plane is not None:
             self.data_plane.stop()
-
-    def __enter__(self) -> EmulatorServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def build_state(
