@@ -101,6 +101,7 @@ class BatchProcessor:
                 cap_s=self._policy.max_s,
                 stopping=self._stopping,
                 max_attempts=self._max_redeliveries + 1,
+                wait_first=False,  # the first try is the batch's normal one
             )
         except _Held as held:
             pending = [e for e in batch if not e.settled]

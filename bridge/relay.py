@@ -175,13 +175,22 @@ class Route:
 
     async def _dispatch(self, lane: int, batch: list[Event]) -> None:
         _, processor = self._opened()
-        previous = self._lane_tasks.get(lane)
-        if self._ordered and previous is not None and not previous.done():
-            # One batch per lane in flight: a key's next batch waits for its previous one.
-            await asyncio.wait({previous})
         await self._slots.acquire()
         self.metrics.batch(len(batch))
-        self._lane_tasks[lane] = self._spawn(processor.process(batch), slot=True)
+        previous = self._lane_tasks.get(lane) if self._ordered else None
+        work = processor.process(batch) if previous is None else self._after(previous, batch)
+        self._lane_tasks[lane] = self._spawn(work, slot=True)
+
+    async def _after(self, previous: asyncio.Future[None], batch: list[Event]) -> None:
+        """Process ``batch`` once its lane's previous batch is settled: a key's batches are
+        sent one after the other, while intake goes on filling the other lanes."""
+        _, processor = self._opened()
+        try:
+            await asyncio.wait({previous})
+        except asyncio.CancelledError:
+            processor.nack([e for e in batch if not e.settled])  # drained before it started
+            raise
+        await processor.process(batch)
 
     def _spawn(
         self, work: Coroutine[Any, Any, None], *, slot: bool = False

@@ -114,10 +114,11 @@ class RetryPolicy:
         cap_s: float,
         stopping: asyncio.Event,
         max_attempts: int | None,
+        wait_first: bool = True,
     ) -> T:
-        """Await ``fn()`` after a first backoff, again while it raises what ``retry``
-        accepts, up to ``max_attempts`` (None: unbounded) or until ``stopping`` is set;
-        then the last error is raised. Sleeps wake early on shutdown."""
+        """Await ``fn()`` (after a first backoff when ``wait_first``), again while it raises
+        what ``retry`` accepts, up to ``max_attempts`` (None: unbounded) or until
+        ``stopping`` is set; then the last error is raised. Sleeps wake early on shutdown."""
 
         async def sleep(delay: float) -> None:
             with contextlib.suppress(TimeoutError):
@@ -127,7 +128,8 @@ class RetryPolicy:
             exhausted = max_attempts is not None and state.attempt_number >= max_attempts
             return exhausted or stopping.is_set()
 
-        await sleep(self.initial_s)
+        if wait_first:
+            await sleep(self.initial_s)
         retrying = AsyncRetrying(
             wait=wait_random_exponential(multiplier=max(self.initial_s, 0.05), max=cap_s),
             retry=retry_if_exception(retry),
