@@ -217,7 +217,9 @@ def test_zero_loss_under_chaos(chaos_broker: Broker, tmp_path: Path) -> None:
             bridge = start()
             feed(8)
             feed(9)
-            settled_at(1.0)
+            # Every event with an id: the 10,000 rows plus the oversized one (its dead letter
+            # counts among the distinct ids, so waiting for 10,000 would stop one short).
+            wait_settled(results, dead, EVENTS + 1)
             # The non-JSON and oversized events settle too (by their dead letters).
             deadline = time.monotonic() + 60
             while len(dead.raw) < len(poison) + len(bad_payloads) + 1:
