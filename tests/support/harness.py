@@ -209,7 +209,12 @@ class Received:
 
 
 class TopicReader:
-    """Reads a topic from its beginning with its own subscription."""
+    """Reads a topic from its beginning with its own subscription.
+
+    A message the broker delivers to this reader twice (same message id: pulsar-lite does
+    that over large backlogs) is kept once, so what the tests count is what the bridge
+    published, not how often the broker handed it to the test.
+    """
 
     def __init__(self, client: pulsar.Client, topic: str) -> None:
         self._consumer = client.subscribe(
@@ -218,6 +223,16 @@ class TopicReader:
             initial_position=pulsar.InitialPosition.Earliest,
         )
         self.messages: list[Received] = []
+        self._seen: set[str] = set()
+
+    def _take(self, msg: pulsar.Message) -> None:
+        message_id = str(msg.message_id())
+        if message_id not in self._seen:
+            self._seen.add(message_id)
+            self.messages.append(
+                Received(msg.data(), msg.properties(), msg.partition_key() or None, message_id)
+            )
+        self._consumer.acknowledge(msg)
 
     def read_until(
         self, done: Callable[[list[Received]], bool], timeout: float = 60
@@ -232,12 +247,7 @@ class TopicReader:
                 msg = self._consumer.receive(timeout_millis=min(remaining_ms, 1000))
             except pulsar.Timeout:
                 continue
-            self.messages.append(
-                Received(
-                    msg.data(), msg.properties(), msg.partition_key() or None, str(msg.message_id())
-                )
-            )
-            self._consumer.acknowledge(msg)
+            self._take(msg)
         return self.messages
 
     def read_quiet(self, quiet_ms: int = 1000) -> list[Received]:
@@ -247,12 +257,7 @@ class TopicReader:
                 msg = self._consumer.receive(timeout_millis=quiet_ms)
             except pulsar.Timeout:
                 return self.messages
-            self.messages.append(
-                Received(
-                    msg.data(), msg.properties(), msg.partition_key() or None, str(msg.message_id())
-                )
-            )
-            self._consumer.acknowledge(msg)
+            self._take(msg)
 
     def close(self) -> None:
         self._consumer.close()
