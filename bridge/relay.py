@@ -139,7 +139,9 @@ class Route:
                 if receiving in done:
                     received, receiving = receiving.result(), None
                     # Whatever else has already arrived is taken in the same turn.
-                    for message in [received, *source.receive_ready(intake_burst)]:
+                    messages = [received, *source.receive_ready(intake_burst)]
+                    self.metrics.consumed(len(messages))  # once per turn, not per event
+                    for message in messages:
                         for lane, batch in self._intake(message, lanes):
                             await self._dispatch(lane, batch)
                 for lane, batch in lanes.due():
@@ -152,7 +154,6 @@ class Route:
                 await self._abandon(receiving)
 
     def _intake(self, received: Received, lanes: Lanes[Event]) -> list[tuple[int, list[Event]]]:
-        self.metrics.consumed()
         try:
             event = decode(received)
         except BadEvent as exc:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from bridge.embedded import free_port
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "apache-pulsar.sh"
 
 # A cold fetch is ~10 s here and startup ~8 s, but the script's own readiness bound is 180 s.
@@ -112,14 +114,6 @@ def require_apache_pulsar() -> None:
     if in_ci():
         pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip", pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel's pick; racy but good enough)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _ephemeral_low() -> int:

@@ -16,7 +16,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from bridge.embedded import free_port
 
 LABEL = "species"
 
@@ -95,13 +96,6 @@ def train_iris_model(directory: Path) -> TrainedModel:
         for record in features.to_dict(orient="records")
     )
     return TrainedModel(directory, estimator, tuple(map(str, features.columns)), rows)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago (the server binds it itself, so it may race)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class MlflowScoringServer:
