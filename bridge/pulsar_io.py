@@ -12,7 +12,7 @@ import ctypes
 import functools
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import _pulsar
@@ -148,15 +148,56 @@ class CallbackThreads:
             self._pinned.add(ident)
 
 
+# A message this large may exceed the broker's message size limit on its own, and a batch
+# the client cannot send fails alone; so each such message gets its own confirmation.
+CONFIRM_EACH_ABOVE_BYTES = 64 * 1024
+
+
 class Publisher:
-    """A producer on one topic; publishing returns once the broker has the messages."""
+    """A producer on one topic; publishing returns once the broker has the messages.
+
+    How a batch is confirmed. The client calls back on its I/O thread, and each callback
+    into Python takes the GIL from the event loop: one per message cost more CPU than the
+    rest of the relay (bench: 47 -> 31 us per event without them). So messages go out
+    without a callback and the batch ends with one ``flush``, whose callback fires when
+    the producer's last pending send completes. Sends complete in order, and the client
+    fails every pending send on a timeout or when the producer closes, so an Ok flush
+    means the whole batch is stored; any other outcome fails every message of the batch
+    (redelivered: duplicates at worst, never a loss). What a flush cannot report are
+    failures of one send alone, and those are covered instead:
+
+    * a full producer queue: the client's queue is unbounded (``max_pending_messages``
+      0, no client memory limit) and this class bounds what is pending, waiting for room;
+    * a message too large for the broker: messages over ``CONFIRM_EACH_ABOVE_BYTES`` are
+      confirmed one by one;
+    * partitioned topics, whose flush answers for the partitions together and can return
+      before a concurrent batch is stored: every message is confirmed one by one.
+
+    Left uncovered: a send the broker rejects for a checksum mismatch (corruption
+    between the client's memory and the broker); the client logs it as a warning.
+    """
 
     def __init__(
-        self, producer: pulsar_asyncio.Producer, topic: str, threads: CallbackThreads
+        self,
+        producer: pulsar_asyncio.Producer,
+        topic: str,
+        threads: CallbackThreads,
+        *,
+        max_pending: int,
+        partitioned: bool,
     ) -> None:
         self._producer = producer
         self.topic = topic
         self._threads = threads
+        self._max_pending = max_pending
+        self._confirm_each = partitioned
+        self._pending = 0
+        self._room = asyncio.Event()
+
+    @property
+    def confirms_each_message(self) -> bool:
+        """Whether each message is confirmed on its own (partitioned topics)."""
+        return self._confirm_each
 
     async def publish(
         self, data: bytes, properties: Mapping[str, str], key: str | None = None
@@ -168,44 +209,65 @@ class Publisher:
     async def publish_all(
         self, messages: Sequence[tuple[bytes, Mapping[str, str], str | None]]
     ) -> list[BrokerError | None]:
-        """Publish in order; one outcome per message (None when the broker confirmed it).
-
-        The client confirms each message on its own thread; the loop is woken once, when
-        the last confirmation is in, rather than once per message.
-        """
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        """Publish in order; one outcome per message (None when the broker stored it)."""
         outcomes: list[BrokerError | None] = [None] * len(messages)
-        pending = [len(messages)]
-        lock = threading.Lock()  # confirmations arrive on the client's I/O thread
-        pin = self._threads.pin
+        for start in range(0, len(messages), self._max_pending):
+            chunk = messages[start : start + self._max_pending]
+            await self._reserve(len(chunk))
+            await self._send(chunk, outcomes, start)
+        return outcomes
 
-        def confirmed(index: int, result: Any, _msg_id: Any) -> None:
-            pin()
-            if result != _pulsar.Result.Ok:
-                outcomes[index] = BrokerError(f"publish to {self.topic} failed: {result}")
-            with lock:
-                pending[0] -= 1
-                last = pending[0] == 0
-            if last:
-                loop.call_soon_threadsafe(_resolve, done)
+    async def _reserve(self, count: int) -> None:
+        while self._pending and self._pending + count > self._max_pending:
+            self._room.clear()
+            await self._room.wait()
+        self._pending += count
 
+    def _release(self, count: int) -> None:
+        self._pending -= count
+        self._room.set()
+
+    async def _send(
+        self,
+        chunk: Sequence[tuple[bytes, Mapping[str, str], str | None]],
+        outcomes: list[BrokerError | None],
+        start: int,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        settled: asyncio.Future[None] = loop.create_future()
+        confirmations = _Confirmations(
+            loop, self._threads.pin, functools.partial(self._settle, settled, len(chunk))
+        )
         raw = self._producer._producer
-        for index, (data, properties, key) in enumerate(messages):
+        for index, (data, properties, key) in enumerate(chunk, start):
             builder = _pulsar.MessageBuilder()
             builder.content(data)
             builder.properties(dict(properties))  # one call into the extension, not one per key
             if key:
                 builder.partition_key(key)
+            confirm_each = self._confirm_each or len(data) > CONFIRM_EACH_ABOVE_BYTES
+            callback = confirmations.expect(index) if confirm_each else None
             try:
-                raw.send_async(builder.build(), functools.partial(confirmed, index))
+                raw.send_async(builder.build(), callback)
             except _pulsar.PulsarException as exc:
-                # Not queued (e.g. the producer queue is full): no confirmation will come.
                 outcomes[index] = BrokerError(f"publish to {self.topic} failed: {exc}")
-                confirmed(index, _pulsar.Result.Ok, None)
-        if messages:
-            await done
-        return outcomes
+                if callback is not None:
+                    confirmations.unexpect()
+        raw.flush_async(confirmations.flushed)
+        await settled
+        for index, result in confirmations.failed.items():
+            outcomes[index] = BrokerError(f"publish to {self.topic} failed: {result}")
+        if confirmations.flush_result != _pulsar.Result.Ok and not self._confirm_each:
+            error = BrokerError(f"publish to {self.topic} failed: {confirmations.flush_result}")
+            for index in range(start, start + len(chunk)):
+                outcomes[index] = outcomes[index] or error
+
+    def _settle(self, settled: asyncio.Future[None], count: int) -> None:
+        # Room is given back here, on the loop, even if the publishing task was cancelled:
+        # the messages stayed with the client until now.
+        self._release(count)
+        if not settled.done():
+            settled.set_result(None)
 
     async def close(self) -> None:
         try:
@@ -215,9 +277,64 @@ class Publisher:
             raise BrokerError(f"closing producer on {self.topic} failed: {exc}") from exc
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
+class _Confirmations:
+    """The callbacks one batch waits for: its flush, and each message confirmed alone.
+
+    They run on the client's I/O thread; the last one to arrive schedules ``on_settled``
+    on the event loop.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        pin: Callable[[], None],
+        on_settled: Callable[[], None],
+    ) -> None:
+        self._loop = loop
+        self._pin = pin
+        self._on_settled = on_settled
+        self._lock = threading.Lock()
+        self._waiting = 1  # the flush
+        self.flush_result: Any = None
+        self.failed: dict[int, Any] = {}
+
+    def expect(self, index: int) -> Callable[[Any, Any], None]:
+        """The send callback for the message at ``index``."""
+        with self._lock:
+            self._waiting += 1
+        return functools.partial(self._confirmed, index)
+
+    def unexpect(self) -> None:
+        """A send that raised: its callback will not come."""
+        self._done()
+
+    def flushed(self, result: Any) -> None:
+        self._pin()
+        self.flush_result = result
+        self._done()
+
+    def _confirmed(self, index: int, result: Any, _message_id: Any) -> None:
+        self._pin()
+        if result != _pulsar.Result.Ok:
+            self.failed[index] = result
+        self._done()
+
+    def _done(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+            last = self._waiting == 0
+        if last:
+            self._loop.call_soon_threadsafe(self._on_settled)
+
+
+def _resolve_value(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
 
 
 class PulsarConnection:
@@ -254,12 +371,14 @@ class PulsarConnection:
         return Source(consumer, description)
 
     async def publisher(self, topic: str, *, max_pending: int = 10_000) -> Publisher:
+        """A producer on ``topic``; at most ``max_pending`` messages wait on the broker."""
         try:
+            partitions = await self._partitions(topic)
             producer = await self._client.create_producer(
                 topic,
-                max_pending_messages=max_pending,
-                # Blocking on a full queue would block the event loop thread; a full queue
-                # fails the publish instead, and the event is nacked and redelivered.
+                # Unbounded in the client: Publisher bounds what is pending and waits for
+                # room, so a send never fails for a full queue (it would fail silently).
+                max_pending_messages=0,
                 block_if_queue_full=False,
                 batching_enabled=True,
                 batching_max_publish_delay_ms=5,
@@ -269,7 +388,27 @@ class PulsarConnection:
             raise BrokerError(
                 f"cannot create a producer on {topic}: {exc}{_hint(exc, self.settings)}"
             ) from exc
-        return Publisher(producer, topic, self._callback_threads)
+        return Publisher(
+            producer,
+            topic,
+            self._callback_threads,
+            max_pending=max_pending,
+            partitioned=any("-partition-" in name for name in partitions),
+        )
+
+    async def _partitions(self, topic: str) -> list[str]:
+        """The topic's partitions (the topic itself when it is not partitioned)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[list[str]] = loop.create_future()
+
+        def callback(result: Any, names: Sequence[str]) -> None:
+            if result == _pulsar.Result.Ok:
+                loop.call_soon_threadsafe(_resolve_value, answer, list(names))
+            else:
+                loop.call_soon_threadsafe(_fail, answer, pulsar_asyncio.PulsarException(result))
+
+        self._client._client.get_topic_partitions_async(topic, callback)
+        return await answer
 
     async def close(self) -> None:
         try:
