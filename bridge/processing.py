@@ -57,6 +57,7 @@ class BatchProcessor:
         serving: ServingClient,
         circuit: Circuit,
         metrics: RouteMetrics,
+        requests: asyncio.Semaphore | None = None,
         stopping: asyncio.Event | None = None,
     ) -> None:
         self._route = route
@@ -65,6 +66,8 @@ class BatchProcessor:
         self._dead_letters = dead_letters
         self._serving = serving
         self._circuit = circuit
+        # Held for the request only (retries included), not while results are published.
+        self._requests = requests or asyncio.Semaphore(route.endpoint.max_in_flight)
         self._policy = RetryPolicy.from_settings(route.failure)
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
@@ -130,7 +133,8 @@ class BatchProcessor:
             return
         started = time.monotonic()
         try:
-            invocation = await self._invoke(body)
+            async with self._requests:
+                invocation = await self._invoke(body)
             predictions = predictions_of(invocation.body, len(events))
         except ResponseShapeError as exc:
             await self._event_error(events, exc)

@@ -1,8 +1,11 @@
 """One route: source -> batcher -> (bounded) in-flight batches -> results, acks after publish.
 
 The intake loop pulls messages, decodes them and feeds the :class:`~bridge.batching.Batcher`.
-A full batch waits for one of ``max_in_flight`` slots, so a slow endpoint slows consumption
-instead of filling memory; while the endpoint circuit is open, intake pauses. Messages that
+At most ``max_in_flight`` requests are at the endpoint at once; a batch publishing its
+results no longer holds one, so by Little's law the endpoint's latency alone sets the
+rate. A full batch waits for one of ``2 * max_in_flight`` batch slots, so a slow endpoint
+slows consumption instead of filling memory; while the endpoint circuit is open, intake
+pauses. Messages that
 are not JSON objects go straight to the dead-letter topic. On stop, intake ends, the open
 batch is dispatched, in-flight batches get ``grace`` seconds, and the rest are nacked.
 """
@@ -49,7 +52,10 @@ class Route:
         self._clock = clock
         self._on_close = on_close
         self._stopping = asyncio.Event()
-        self._slots = asyncio.Semaphore(settings.endpoint.max_in_flight)
+        # Requests at the endpoint, and batches in progress: as many again may be waiting
+        # for a request or publishing results while max_in_flight are at the endpoint.
+        self._requests = asyncio.Semaphore(settings.endpoint.max_in_flight)
+        self._slots = asyncio.Semaphore(self.max_batches)
         self._tasks: set[asyncio.Future[None]] = set()
         self._lane_tasks: dict[int, asyncio.Future[None]] = {}
         self._ordered = settings.source.subscription_type in ORDERED_SUBSCRIPTIONS
@@ -73,13 +79,18 @@ class Route:
         return self._source is not None and self._source.is_connected()
 
     @property
+    def max_batches(self) -> int:
+        """Batches in progress at most (memory and unacked events are bounded by it)."""
+        return 2 * self.settings.endpoint.max_in_flight
+
+    @property
     def in_flight(self) -> int:
         return len(self._tasks)
 
     async def open(self, pulsar: PulsarConnection) -> None:
         """Create producers first, then subscribe: nothing is consumed that cannot be settled."""
         s = self.settings
-        max_pending = max(1000, 2 * s.endpoint.max_in_flight * s.batch.max_events)
+        max_pending = max(1000, self.max_batches * s.batch.max_events)
         results = await pulsar.publisher(s.result.topic, max_pending=max_pending)
         self._publishers.append(results)
         dead_letters = await pulsar.publisher(s.dead_letter_topic)
@@ -92,6 +103,7 @@ class Route:
             dead_letters=dead_letters,
             serving=self._serving,
             circuit=self._circuit,
+            requests=self._requests,
             metrics=self.metrics,
             stopping=self._stopping,
         )

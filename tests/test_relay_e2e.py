@@ -159,6 +159,25 @@ def test_poison_events_are_isolated_by_bisection(
     assert rejected <= 2 * 2 * 6
 
 
+def test_requests_at_the_endpoint_never_exceed_max_in_flight(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+) -> None:
+    # Slow answers keep every request slot busy, so the bound is reached, not just kept.
+    n = 300
+    emulator.state.faults.update({"latency_ms": 50}, now=0)
+    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
+    results = TopicReader(pulsar_client, topics.result)
+    route = route_config(topics, batch={"max_events": 10}, endpoint={"max_in_flight": 3})
+    bridge = start_bridge({"fraud": route})
+    got = results.read_until(lambda ms: len(by_id(ms)) >= n)
+    bridge.stop()
+    assert len(by_id(got)) == n
+    assert emulator.state.counters.peak_invocations_in_progress == 3
+
+
 def test_sigterm_drains_in_flight_batches_and_exits_zero(
     pulsar_client: pulsar.Client,
     topics: Topics,

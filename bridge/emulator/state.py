@@ -70,6 +70,8 @@ class Counters:
     route-optimized endpoint's own URL. ``tokens_issued`` counts every access token,
     ``scoped_tokens_issued`` those of them scoped to endpoints (jwt-bearer), and
     ``exchanges`` lists the accepted OIDC federation exchanges in order.
+    ``invocations_in_progress`` and its high-water mark ``peak_invocations_in_progress``
+    count invocations being answered at once (Databricks limits an endpoint's concurrency).
     """
 
     requests_by_status: Counter[int] = field(default_factory=Counter)
@@ -77,9 +79,20 @@ class Counters:
     tokens_issued: int = 0
     scoped_tokens_issued: int = 0
     connections_dropped: int = 0
+    invocations_in_progress: int = 0
+    peak_invocations_in_progress: int = 0
     endpoints: dict[str, EndpointCounters] = field(default_factory=dict)
     data_plane: dict[str, EndpointCounters] = field(default_factory=dict)
     exchanges: list[FederatedExchange] = field(default_factory=list)
+
+    def invocation_started(self) -> None:
+        self.invocations_in_progress += 1
+        self.peak_invocations_in_progress = max(
+            self.peak_invocations_in_progress, self.invocations_in_progress
+        )
+
+    def invocation_ended(self) -> None:
+        self.invocations_in_progress -= 1
 
     def endpoint(self, name: str) -> EndpointCounters:
         """The workspace-path counters of endpoint ``name``, created on first use."""
@@ -97,6 +110,7 @@ class Counters:
             "tokens_issued": self.tokens_issued,
             "scoped_tokens_issued": self.scoped_tokens_issued,
             "connections_dropped": self.connections_dropped,
+            "peak_invocations_in_progress": self.peak_invocations_in_progress,
             "endpoints": _endpoint_counters_json(self.endpoints),
             "data_plane": _endpoint_counters_json(self.data_plane),
             "exchanges": [
