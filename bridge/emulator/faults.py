@@ -2,7 +2,8 @@
 
 The app asks a :class:`FaultInjector` three questions per invocation, in this order:
 
-1. :meth:`~FaultInjector.decide` before the body is parsed: added latency, then the
+1. :meth:`~FaultInjector.decide` before the body is parsed: latency (the time the
+   answer takes, whatever it is), then the
    first matching of outage (503), ``fail_next`` (``fail_status``), connection reset,
    random 429.
 2. :meth:`~FaultInjector.check_payload` on the raw body size: over
