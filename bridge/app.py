@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,7 @@ class Bridge:
             self._pulsar = PulsarConnection(self.config.bridge.pulsar)
             for settings in self.config.routes:
                 await self._start_route(settings)
+            _freeze_startup_objects()
             log.info("ready", routes=sorted(self._running))
             self._notifier.ready(f"{len(self._running)} route(s) running")
             return await self._supervise()
@@ -329,3 +331,15 @@ async def _first_tokens(auths: Mapping[str | None, WorkspaceAuth]) -> None:
                 raise
             # The identity provider may be down; requests will retry the token with backoff.
             log.warning("token_unavailable", workspace=auth.name, error=str(exc))
+
+
+def _freeze_startup_objects() -> None:
+    """Exclude what start-up built from the collector's full passes.
+
+    The imported libraries, config and clients live as long as the process, yet each
+    full collection walked them all: 18-27 ms pauses on the relay's loop, the worst
+    tail of the latency benchmark. Frozen objects are never collected or scanned again;
+    what is garbage now is collected first.
+    """
+    gc.collect()
+    gc.freeze()
