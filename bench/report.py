@@ -106,6 +106,15 @@ def build(runs: Mapping[str, Sequence[Run]], settings: Mapping[str, Any]) -> lis
                 met=ratio >= 0.95 and slow.complete,
             )
         )
+    probe = medians.get("endpoint_50ms")
+    if probe:
+        rows.append(
+            _row(
+                f"  reference: bare httpx client, {settings['slow_in_flight']} in flight",
+                probe,
+                ratio=f"bridge {slow.rate / probe.rate:.2f} x" if slow else "",
+            )
+        )
     naive = medians.get("naive")
     if naive:
         extra: dict[str, Any] = {}

@@ -6,7 +6,8 @@ and measures, each scenario in its own processes on that broker:
 1. ceiling: a bare Python relay with no HTTP (:mod:`bench.ceiling`);
 2. the bridge against the instant endpoint (batch 100);
 3. the bridge against the 50 ms endpoint with ``max_in_flight`` 8, against Little's law
-   (``max_in_flight * batch / latency`` = 16,000 events/s);
+   (``max_in_flight * batch / latency`` = 16,000 events/s), and, for reference, a bare
+   httpx client keeping 8 requests in flight on that endpoint (:mod:`bench.endpoint_probe`);
 4. a naive per-event synchronous script (:mod:`bench.naive`);
 5. publish -> result latency at half of the bridge's measured rate (:mod:`bench.pacer`);
 6. the bridge's peak RSS while it drains a 1,000,000 and a 250,000 event backlog.
@@ -48,6 +49,7 @@ from bench.scenarios import (
     Run,
     bridge_drain,
     ceiling,
+    endpoint_probe,
     latency,
     naive,
     running_emulator,
@@ -218,6 +220,9 @@ def _throughput(
         ("naive", lambda: naive(rig, args.naive_events, _timeout(args.naive_events, 50))),
     ]
     scenarios = [(name, measure) for name, measure in scenarios if name in args.only]
+    if "bridge_50ms" in args.only:  # the reference the 50 ms scenario is read against
+        probe = ("endpoint_50ms", lambda: endpoint_probe(rig, rig.slow, n, SLOW_IN_FLIGHT))
+        scenarios.append(probe)
     for rep in range(args.reps if scenarios else 0):
         _say(f"repetition {rep + 1}/{args.reps}")
         for name, measure in scenarios:

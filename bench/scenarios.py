@@ -217,6 +217,32 @@ def naive(rig: Rig, events: int, timeout: float) -> Run:
     return drain(rig, "naive", events, timeout, start, extra_pids={"emulator": rig.instant.pid})
 
 
+def endpoint_probe(rig: Rig, emulator: Emulator, events: int, concurrency: int) -> Run:
+    """:mod:`bench.endpoint_probe`: what ``concurrency`` bare requests of BATCH get."""
+    url = f"{emulator.url}/serving-endpoints/{ENDPOINT}/invocations"
+    worker = Worker(
+        "endpoint_probe",
+        [
+            *("--endpoint-url", url, "--concurrency", str(concurrency)),
+            *("--requests", str(max(1, events // BATCH)), "--batch", str(BATCH)),
+        ],
+    )
+    try:
+        worker.wait_for("ready", 60)
+        cpu = CpuWindow({"relay": worker.pid, "emulator": emulator.pid})
+        done = worker.wait_for("done", 30 + events / 1000)
+        cores = cpu.finish()
+    finally:
+        worker.stop()
+    return Run(
+        "endpoint_50ms",
+        events=done["count"],
+        seconds=done["seconds"],
+        cpu_cores=cores,
+        details={"request_ms_p50": done["p50_ms"]},
+    )
+
+
 # --------------------------------------------------------------------------- the bridge
 
 
