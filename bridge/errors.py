@@ -96,5 +96,10 @@ class BrokerError(BridgeError):
     """A Pulsar operation failed."""
 
 
+class ResultRejected(BrokerError):
+    """The client refused one result for good (larger than the broker accepts, say):
+    sending it again cannot help, so its event is dead-lettered instead."""
+
+
 class ShutdownRequested(BridgeError):
     """The daemon is draining; work that has not started should be handed back."""

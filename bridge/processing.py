@@ -16,6 +16,10 @@ dead-lettered; that costs at most log2(batch) extra requests per bad event. Any 
 permanent status (401 after a fresh token, 403, 404) says the route is broken, not the
 events: they are handed back like a transient failure, so nothing is lost to a
 misconfiguration and the reason shows in the logs and, eventually, in the DLQ.
+
+On the way out, a result the broker can never take (larger than its message size limit)
+dead-letters its event; a result the broker did not confirm leaves its event unacked:
+nacked, or on an ordered route kept and retried in place like a failed request.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import orjson
 import structlog
 
 from bridge.config import RouteSettings
-from bridge.errors import BrokerError, EndpointError, ResponseShapeError
+from bridge.errors import BrokerError, EndpointError, ResponseShapeError, ResultRejected
 from bridge.events import Event, dead_letter_message, result_message
 from bridge.formats import build_body, predictions_of
 from bridge.observe import RouteMetrics
@@ -111,7 +115,7 @@ class BatchProcessor:
             if self._stopping.is_set():
                 self.nack(pending)
                 return
-            reason = f"{held.error.reason} (after {self._max_redeliveries} in-place retries)"
+            reason = f"{held.reason} (after {self._max_redeliveries} in-place retries)"
             for event in pending:
                 await self._dead_letter_and_ack(event, reason)
 
@@ -146,11 +150,13 @@ class BatchProcessor:
             else:
                 self._log_batch(events, started, "held" if self._ordered else "handed_back", exc)
                 if self._ordered:
-                    raise _Held(exc) from exc
+                    raise _Held(exc.reason) from exc
                 await self.give_back(events, exc)
             return
-        await self._publish(events, predictions, invocation)
-        self._log_batch(events, started, "ok", None, invocation.served_model)
+        outcome = await self._publish(events, predictions, invocation)
+        self._log_batch(events, started, outcome, None, invocation.served_model)
+        if outcome == "held":
+            raise _Held(self._metrics.last_error or "publish failed")
 
     async def _event_error(self, events: list[Event], exc: EndpointError) -> None:
         if len(events) > 1:
@@ -218,7 +224,8 @@ class BatchProcessor:
 
     async def _publish(
         self, events: list[Event], predictions: list[Any], invocation: Invocation
-    ) -> None:
+    ) -> str:
+        """Publish results, ack what the broker stored; the batch's outcome for the log."""
         route = self._route
         if invocation.served_model and invocation.served_model != self._metrics.served_model:
             if self._metrics.served_model is not None:
@@ -240,16 +247,29 @@ class BatchProcessor:
             )
             messages.append((data, properties, event.received.key))
         outcomes = await self._results.publish_all(messages)
-        published = []
+        published, unconfirmed = [], []
+        rejected: list[tuple[Event, ResultRejected]] = []
         for event, error in zip(events, outcomes, strict=True):
-            if error is not None:
-                # Not confirmed by the broker: never ack; Pulsar redelivers the event.
-                self._metrics.last_error = str(error)
-                self.nack([event])
-            else:
+            if error is None:
                 published.append(event)
+            elif isinstance(error, ResultRejected):
+                rejected.append((event, error))
+            else:
+                self._metrics.last_error = str(error)
+                unconfirmed.append(event)
         self._ack(published)
         self._metrics.published(len(published))
+        for event, rejection in rejected:
+            await self._dead_letter_and_ack(event, f"result not publishable: {rejection}")
+        if not unconfirmed:
+            return "ok"
+        # Not confirmed by the broker: never acked. An ordered route keeps the events and
+        # retries them in place (a nacked event would come back after later ones of its
+        # key); others hand them back to Pulsar for redelivery.
+        if self._ordered:
+            return "held"
+        self.nack(unconfirmed)
+        return "handed_back"
 
     def _ack(self, events: list[Event]) -> None:
         for event in events:
@@ -314,6 +334,6 @@ class BatchProcessor:
 class _Held(Exception):
     """An ordered route's batch failed in a way worth retrying in place."""
 
-    def __init__(self, error: EndpointError) -> None:
-        super().__init__(error.reason)
-        self.error = error
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -21,7 +21,7 @@ import pulsar.asyncio as pulsar_asyncio
 import structlog
 
 from bridge.config import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth, SourceSettings
-from bridge.errors import BrokerError
+from bridge.errors import BrokerError, ResultRejected
 
 log = structlog.get_logger("bridge.pulsar")
 
@@ -148,6 +148,9 @@ class CallbackThreads:
             self._pinned.add(ident)
 
 
+# Results of a send that fail the same way every time.
+_REJECTED = frozenset({_pulsar.Result.MessageTooBig, _pulsar.Result.InvalidMessage})
+
 # A message this large may exceed the broker's message size limit on its own, and a batch
 # the client cannot send fails alone; so each such message gets its own confirmation.
 CONFIRM_EACH_ABOVE_BYTES = 64 * 1024
@@ -256,7 +259,8 @@ class Publisher:
         raw.flush_async(confirmations.flushed)
         await settled
         for index, result in confirmations.failed.items():
-            outcomes[index] = BrokerError(f"publish to {self.topic} failed: {result}")
+            kind = ResultRejected if result in _REJECTED else BrokerError
+            outcomes[index] = kind(f"publish to {self.topic} failed: {result}")
         if confirmations.flush_result != _pulsar.Result.Ok and not self._confirm_each:
             error = BrokerError(f"publish to {self.topic} failed: {confirmations.flush_result}")
             for index in range(start, start + len(chunk)):

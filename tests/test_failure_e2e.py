@@ -8,6 +8,7 @@ import pulsar
 import pytest
 
 from bridge.emulator import EmulatorServer
+from bridge.emulator.state import ServedModel
 from tests.conftest import BridgeFactory
 from tests.support.harness import Received, TopicReader, Topics, event, publish, route_config
 
@@ -159,3 +160,38 @@ def test_an_oversized_event_is_dead_lettered_and_its_batch_still_scored(
     assert ids(got) == {f"e{i}" for i in range(1, 30)}
     assert dead_letter.data == payloads[0]
     assert "exceeds the payload limit 8000" in dead_letter.properties["error"]
+
+
+@pytest.mark.parametrize("subscription_type", ["shared", "key_shared"])
+def test_a_result_too_large_for_the_broker_dead_letters_its_event(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+    subscription_type: str,
+) -> None:
+    # A model answering one row with 6 MiB: over the broker's 5 MiB message limit, so that
+    # result can never be published, however often the event comes back.
+    def predict(rows: list[dict[str, object]]) -> list[object]:
+        return ["y" * (6 * 1024 * 1024) if row.get("huge") else 0.5 for row in rows]
+
+    emulator.state.model = ServedModel("huge-1", predict)
+    payloads = [json.dumps(event(i, huge=i == 3)).encode() for i in range(10)]
+    publish(pulsar_client, topics.source, payloads)
+    results = TopicReader(pulsar_client, topics.result)
+    dead = TopicReader(pulsar_client, topics.dlq)
+    route = route_config(
+        topics, source={"subscription_type": subscription_type}, batch={"max_events": 10}
+    )
+    bridge = start_bridge({"fraud": route})
+
+    got = results.read_until(lambda ms: len(ms) >= 9)
+    (dead_letter,) = dead.read_until(lambda ms: len(ms) >= 1)
+    bridge.stop()
+
+    assert ids(got) == {f"e{i}" for i in range(10) if i != 3}
+    assert dead_letter.data == payloads[3]
+    assert "result not publishable" in dead_letter.properties["error"]
+    assert "MessageTooBig" in dead_letter.properties["error"]
+    summary = bridge.events("route_stopped")[0]
+    assert summary["nacked"] == 0, "dead-lettered at once, not redelivered"
