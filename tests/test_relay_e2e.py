@@ -159,6 +159,21 @@ def test_poison_events_are_isolated_by_bisection(
     assert rejected <= 2 * 2 * 6
 
 
+def slow_backlog(
+    pulsar_client: pulsar.Client,
+    topics: Topics,
+    emulator: EmulatorServer,
+    n: int,
+    *,
+    latency_ms: float,
+) -> TopicReader:
+    """``n`` events waiting on the source, an endpoint answering in ``latency_ms``, and a
+    reader of the result topic."""
+    emulator.state.faults.update({"latency_ms": latency_ms}, now=0)
+    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
+    return TopicReader(pulsar_client, topics.result)
+
+
 def test_requests_at_the_endpoint_never_exceed_max_in_flight(
     pulsar_client: pulsar.Client,
     topics: Topics,
@@ -167,9 +182,7 @@ def test_requests_at_the_endpoint_never_exceed_max_in_flight(
 ) -> None:
     # Slow answers keep every request slot busy, so the bound is reached, not just kept.
     n = 300
-    emulator.state.faults.update({"latency_ms": 50}, now=0)
-    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
-    results = TopicReader(pulsar_client, topics.result)
+    results = slow_backlog(pulsar_client, topics, emulator, n, latency_ms=50)
     route = route_config(topics, batch={"max_events": 10}, endpoint={"max_in_flight": 3})
     bridge = start_bridge({"fraud": route})
     got = results.read_until(lambda ms: len(by_id(ms)) >= n)
@@ -185,9 +198,7 @@ def test_sigterm_drains_in_flight_batches_and_exits_zero(
     start_bridge: BridgeFactory,
 ) -> None:
     n = 400
-    emulator.state.faults.update({"latency_ms": 300}, now=0)
-    publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
-    results = TopicReader(pulsar_client, topics.result)
+    results = slow_backlog(pulsar_client, topics, emulator, n, latency_ms=300)
     route = route_config(topics, batch={"max_events": 20}, endpoint={"max_in_flight": 2})
     bridge = start_bridge({"fraud": route})
     bridge.wait_for("batch")  # mid-stream: some batches done, others in flight
