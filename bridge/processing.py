@@ -19,12 +19,14 @@ misconfiguration and the reason shows in the logs and, eventually, in the DLQ.
 
 On the way out, a result the broker can never take (larger than its message size limit)
 dead-letters its event; a result the broker did not confirm leaves its event unacked:
-nacked, or on an ordered route kept and retried in place like a failed request.
+nacked, or on an ordered route sent again in place until the broker takes it (the
+broker's absence never dead-letters an event).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -46,6 +48,8 @@ EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
 # Subscriptions that deliver each key's events in order to one consumer.
 ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
 log = structlog.get_logger("bridge.batch")
+# A result as the publisher takes it: payload, properties, key.
+ResultMessage = tuple[bytes, dict[str, str], str | None]
 
 
 class BatchProcessor:
@@ -155,8 +159,6 @@ class BatchProcessor:
             return
         outcome = await self._publish(events, predictions, invocation)
         self._log_batch(events, started, outcome, None, invocation.served_model)
-        if outcome == "held":
-            raise _Held(self._metrics.last_error or "publish failed")
 
     async def _event_error(self, events: list[Event], exc: EndpointError) -> None:
         if len(events) > 1:
@@ -236,7 +238,7 @@ class BatchProcessor:
                     current=invocation.served_model,
                 )
             self._metrics.served_model = invocation.served_model
-        messages = []
+        pending: list[tuple[Event, ResultMessage]] = []
         for event, prediction in zip(events, predictions, strict=True):
             data, properties = result_message(
                 event,
@@ -245,31 +247,59 @@ class BatchProcessor:
                 passthrough=route.result.passthrough,
                 served_model=invocation.served_model,
             )
-            messages.append((data, properties, event.received.key))
-        outcomes = await self._results.publish_all(messages)
+            pending.append((event, (data, properties, event.received.key)))
+
+        async def attempt() -> None:
+            nonlocal pending
+            pending = await self._publish_once(pending)
+            if pending and self._ordered:
+                raise _Unconfirmed(self._metrics.last_error or "publish not confirmed")
+
+        # Results the broker did not confirm leave their events unacked. Other routes hand
+        # them back to Pulsar; an ordered route sends them again in place, for as long as it
+        # takes (a nacked event would come back after later ones of its key, and the broker
+        # being away is no reason to dead-letter anything). Only a shutdown stops that.
+        with contextlib.suppress(_Unconfirmed):
+            await self._policy.persist(
+                attempt,
+                retry=self._publish_retry,
+                cap_s=self._policy.max_s,
+                stopping=self._stopping,
+                max_attempts=None,
+                wait_first=False,
+            )
+        if not pending:
+            return "ok"
+        self.nack([event for event, _ in pending])
+        return "handed_back"
+
+    def _publish_retry(self, exc: BaseException) -> bool:
+        if not isinstance(exc, _Unconfirmed):
+            return False
+        log.warning("publish_retry", route=self._route.name, reason=str(exc))
+        return True
+
+    async def _publish_once(
+        self, pending: list[tuple[Event, ResultMessage]]
+    ) -> list[tuple[Event, ResultMessage]]:
+        """Publish; ack what the broker stored, dead-letter what it can never take, and
+        return the rest."""
+        outcomes = await self._results.publish_all([message for _, message in pending])
         published, unconfirmed = [], []
         rejected: list[tuple[Event, ResultRejected]] = []
-        for event, error in zip(events, outcomes, strict=True):
+        for (event, message), error in zip(pending, outcomes, strict=True):
             if error is None:
                 published.append(event)
             elif isinstance(error, ResultRejected):
                 rejected.append((event, error))
             else:
                 self._metrics.last_error = str(error)
-                unconfirmed.append(event)
+                unconfirmed.append((event, message))
         self._ack(published)
         self._metrics.published(len(published))
         for event, rejection in rejected:
             await self._dead_letter_and_ack(event, f"result not publishable: {rejection}")
-        if not unconfirmed:
-            return "ok"
-        # Not confirmed by the broker: never acked. An ordered route keeps the events and
-        # retries them in place (a nacked event would come back after later ones of its
-        # key); others hand them back to Pulsar for redelivery.
-        if self._ordered:
-            return "held"
-        self.nack(unconfirmed)
-        return "handed_back"
+        return unconfirmed
 
     def _ack(self, events: list[Event]) -> None:
         for event in events:
@@ -329,6 +359,10 @@ class BatchProcessor:
             reason=None if exc is None else exc.reason,
             served_model=served_model,
         )
+
+
+class _Unconfirmed(Exception):
+    """An ordered route's results the broker did not confirm: sent again in place."""
 
 
 class _Held(Exception):
