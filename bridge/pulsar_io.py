@@ -126,11 +126,11 @@ class Source:
 class CallbackThreads:
     """Keeps a Python thread state alive on each client thread that runs our callbacks.
 
-    The client confirms every published message by calling Python from its own I/O
-    thread. For a thread Python did not start, pybind11 creates a thread state before
-    each call and destroys it after: a 16 KiB frame-stack mmap and munmap per message,
-    each unmap interrupting the loop's CPU to flush its TLB. Measured on 100,000
-    confirmations: 13 us of CPU per message, 3.5 us with the state kept. One outstanding
+    The client answers sends and flushes by calling Python from its own I/O thread. For
+    a thread Python did not start, pybind11 creates a thread state before each call and
+    destroys it after: a 16 KiB frame-stack mmap and munmap per call, each unmap
+    interrupting the loop's CPU to flush its TLB. Measured on 100,000 send confirmations:
+    13 us of CPU per call, 3.5 us with the state kept. One outstanding
     ``PyGILState_Ensure`` on the thread keeps it for the thread's lifetime: the pattern
     CPython's C-API documentation gives for foreign threads that call in repeatedly
     (python/cpython#146219; pybind/pybind11#6179). A state is a few hundred bytes, and

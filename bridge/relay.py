@@ -5,9 +5,9 @@ At most ``max_in_flight`` requests are at the endpoint at once; a batch publishi
 results no longer holds one, so by Little's law the endpoint's latency alone sets the
 rate. A full batch waits for one of ``2 * max_in_flight`` batch slots, so a slow endpoint
 slows consumption instead of filling memory; while the endpoint circuit is open, intake
-pauses. Messages that
-are not JSON objects go straight to the dead-letter topic. On stop, intake ends, the open
-batch is dispatched, in-flight batches get ``grace`` seconds, and the rest are nacked.
+pauses. Messages that are not JSON objects go straight to the dead-letter topic. On stop,
+intake ends, the open batch is dispatched, in-flight batches get ``grace`` seconds, and
+the rest are nacked.
 """
 
 from __future__ import annotations
