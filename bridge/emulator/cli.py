@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-secret", help="its secret")
     parser.add_argument("--pat", action="append", default=[], help="a static token to accept")
     parser.add_argument("--token-ttl", type=int, default=3600, help="expires_in of tokens (s)")
-    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="time to answer each invocation"
+    )
     parser.add_argument("--no-auth", action="store_true", help="accept requests without tokens")
     parser.add_argument(
         "--model",
