@@ -4,8 +4,11 @@ flush cannot answer for (an oversized message, partitioned topics, a closed prod
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
+from typing import Any
 
+import _pulsar
 import httpx
 import pulsar
 import pytest
@@ -142,3 +145,40 @@ async def test_unpartitioned_topics_confirm_by_flush(connection: PulsarConnectio
     publisher = await connection.publisher(unique_topic("plain"))
     assert not publisher.confirms_each_message
     await publisher.close()
+
+
+def test_a_flush_waits_for_sends_the_client_already_handed_to_the_broker(
+    pulsar_client: pulsar.Client,
+) -> None:
+    # Publisher relies on this (apache/pulsar-client-cpp#303, #353): a full batch goes out
+    # at once, so the flush finds nothing left to batch; it must still answer only after
+    # the broker stored what was sent. Older clients answered such a flush at once.
+    producer = pulsar_client.create_producer(
+        unique_topic("flush"), batching_max_messages=10, batching_max_publish_delay_ms=1000
+    )
+    raw = producer._producer  # the C extension's producer, as Publisher uses it
+    for _ in range(5):
+        assert one_full_batch_then_flush(raw) == ["stored", "flushed"]
+    producer.close()
+
+
+def one_full_batch_then_flush(raw: Any) -> list[str]:
+    """Send exactly one full batch (the last send with a callback), then flush; the order
+    in which the two callbacks came."""
+    order: list[str] = []
+    flushed = threading.Event()
+
+    def stored(_result: Any, _message_id: Any) -> None:
+        order.append("stored")
+
+    def on_flush(_result: Any) -> None:
+        order.append("flushed")
+        flushed.set()
+
+    for n in range(10):
+        builder = _pulsar.MessageBuilder()
+        builder.content(f"{n}".encode())
+        raw.send_async(builder.build(), stored if n == 9 else None)
+    raw.flush_async(on_flush)
+    assert flushed.wait(10), "the flush never answered"
+    return order
