@@ -12,6 +12,7 @@ import pytest
 
 from bridge.config import DaemonSettings
 from bridge.secrets import Secret
+from tests.support.ci import missing
 
 UNITS = Path(__file__).resolve().parent.parent / "examples" / "systemd"
 PLAIN = UNITS / "pulsar-bridge.service"
@@ -145,10 +146,10 @@ def _runnable_copy(source: Path, directory: Path, binary: Path) -> Path:
 def test_systemd_analyze_verify(source: Path, verified_name: str, tmp_path: Path) -> None:
     tool = shutil.which("systemd-analyze")
     if tool is None:
-        pytest.skip("systemd-analyze not found (Debian package: systemd)")
+        missing("systemd-analyze not found (Debian package: systemd)")
     binary = Path(sys.executable).parent / "pulsar-bridge"
     if not binary.exists():
-        pytest.skip(f"{binary} not found: install the project (pip install -e .)")
+        missing(f"{binary} not found: install the project (pip install -e .)")
     _runnable_copy(source, tmp_path, binary)
     # An instance name next to the template makes verify expand %i as systemd would.
     result = subprocess.run(
