@@ -27,7 +27,9 @@ from tests.support.harness import (
     TopicReader,
     Topics,
     event,
+    key_shared_route,
     route_config,
+    seqs_by_key,
 )
 
 pytestmark = [pytest.mark.integration, APACHE_ONLY]
@@ -227,14 +229,7 @@ def test_key_shared_across_two_processes_keeps_per_key_order(
     emulator.state.faults.update({"rate_429": 0.3, "seed": 7, "latency_ms": 5}, now=0)
     _, payloads = rows_payloads(n)
     results = TopicReader(pulsar_client, topics.result)
-    route = route_config(
-        topics,
-        source={"subscription_type": "key_shared"},
-        endpoint={"max_in_flight": 4},
-        batch={"max_events": 25},
-        result={"passthrough": ["id", "seq"]},
-        failure={"attempts": 1, "circuit_failures": 10_000, "max_redeliveries": 50},
-    )
+    route = key_shared_route(topics)
     bridges = start_bridges(start_bridge, 2, route)
 
     publish_each(pulsar_client, topics.source, payloads, key=lambda i: f"card-{i % keys}")
@@ -245,9 +240,7 @@ def test_key_shared_across_two_processes_keeps_per_key_order(
 
     assert len(by_id(got)) == n
     assert emulator.state.counters.requests_by_status[429] > 0, "faults were injected"
-    per_key: dict[str, list[int]] = {}
-    for m in got:
-        per_key.setdefault(m.key or "", []).append(m.json["seq"])
+    per_key = seqs_by_key(got)
     assert len(per_key) == keys
     for key, seqs in per_key.items():
         assert seqs == sorted(seqs), f"results of {key} reordered"

@@ -31,6 +31,7 @@ from tests.support.harness import (
     event,
     publish,
     route_config,
+    secret_file,
     write_config,
 )
 
@@ -85,10 +86,7 @@ def admin_client(secure_broker: ApachePulsar) -> Iterator[pulsar.Client]:
 
 def token_file(directory: Path, name: str, token: str) -> Path:
     """A token file readable by its owner only (as the bridge expects of secret files)."""
-    path = directory / name
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
+    return secret_file(directory / name, token + "\n")
 
 
 def forged(token: str) -> str:

@@ -10,7 +10,16 @@ import pytest
 from bridge.emulator import EmulatorServer
 from bridge.emulator.state import ServedModel
 from tests.conftest import BridgeFactory
-from tests.support.harness import Received, TopicReader, Topics, event, publish, route_config
+from tests.support.harness import (
+    Received,
+    TopicReader,
+    Topics,
+    event,
+    key_shared_route,
+    publish,
+    route_config,
+    seqs_by_key,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +44,7 @@ def test_key_shared_keeps_per_key_order_under_429s_with_several_requests_in_flig
         key=lambda i: f"card-{i % keys}",
     )
     results = TopicReader(pulsar_client, topics.result)
-    route = route_config(
-        topics,
-        source={"subscription_type": "key_shared"},
-        endpoint={"max_in_flight": 4},
-        batch={"max_events": 25},
-        result={"passthrough": ["id", "seq"]},
-        failure={"attempts": 1, "circuit_failures": 10_000, "max_redeliveries": 50},
-    )
+    route = key_shared_route(topics)
     bridge = start_bridge({"fraud": route})
 
     got = results.read_until(lambda ms: len(ids(ms)) >= n)
@@ -51,9 +53,7 @@ def test_key_shared_keeps_per_key_order_under_429s_with_several_requests_in_flig
     assert len(ids(got)) == n
     assert emulator.state.counters.requests_by_status[429] > 0, "faults were injected"
     assert [b for b in bridge.events("batch") if b["outcome"] == "held"], "batches were held"
-    per_key: dict[str, list[int]] = {}
-    for m in got:
-        per_key.setdefault(m.key or "", []).append(m.json["seq"])
+    per_key = seqs_by_key(got)
     assert len(per_key) == keys
     for key, seqs in per_key.items():
         assert seqs == sorted(seqs), f"results of {key} reordered"

@@ -7,13 +7,22 @@ import base64
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pulsar
 import pytest
 
 from bridge.emulator import DataPlaneServer, EmulatorServer, EmulatorState, IdentityProvider
 from tests.conftest import CLIENT_SECRET, BridgeFactory
-from tests.support.harness import BridgeProcess, TopicReader, Topics, event, publish, route_config
+from tests.support.harness import (
+    BridgeProcess,
+    TopicReader,
+    Topics,
+    event,
+    publish,
+    relay,
+    route_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -72,21 +81,33 @@ def route_optimized(emulator: EmulatorServer) -> Iterator[FakeClock]:
         yield clock
 
 
-def relay(
-    client: pulsar.Client, topics: Topics, reader: TopicReader, start: int, count: int
-) -> int:
-    """Publish events ``start..start+count``; the number of results read so far."""
-    payloads = [json.dumps(event(i)).encode() for i in range(start, start + count)]
-    publish(client, topics.source, payloads)
-    return len(reader.read_until(lambda ms: len(ms) >= start + count))
-
-
 def write_token(path: Path, token: str) -> None:
     """Replace the token file at once, as a projected-token volume does."""
     staged = path.with_suffix(".tmp")
     staged.write_text(token)
     staged.chmod(0o600)
     staged.replace(path)
+
+
+def start_with_token_file(
+    start_bridge: BridgeFactory,
+    topics: Topics,
+    emulator: EmulatorServer,
+    token_file: Path,
+    token: str,
+    **options: Any,
+) -> BridgeProcess:
+    """The bridge on ``topics``, federating the IdP token it finds in ``token_file``."""
+    write_token(token_file, token)
+    return start_bridge(
+        {"fraud": route_config(topics)},
+        databricks={
+            "host": emulator.url,
+            "auth_type": "oidc-federation",
+            "oidc_token_file": str(token_file),
+        },
+        **options,
+    )
 
 
 def assert_no_secret_in(bridge: BridgeProcess, state: EmulatorState, *extra: str) -> None:
@@ -123,16 +144,8 @@ def test_federation_from_a_token_file_that_rotates(
 ) -> None:
     token_file = tmp_path / "idp-token.jwt"
     first = idp.issue(audience=AUDIENCE, subject=SUBJECT, expires_in=300)
-    write_token(token_file, first)
     results = TopicReader(pulsar_client, topics.result)
-    bridge = start_bridge(
-        {"fraud": route_config(topics)},
-        databricks={
-            "host": emulator.url,
-            "auth_type": "oidc-federation",
-            "oidc_token_file": str(token_file),
-        },
-    )
+    bridge = start_with_token_file(start_bridge, topics, emulator, token_file, first)
     assert relay(pulsar_client, topics, results, 0, 20) == 20
     assert jwt_ids(federated) == [jti(first)]
 
@@ -160,17 +173,9 @@ def test_a_token_for_the_wrong_audience_fails_start_up_clearly(
     start_bridge: BridgeFactory,
     emulator: EmulatorServer,
 ) -> None:
-    token_file = tmp_path / "idp-token.jwt"
     wrong = idp.issue(audience="api://some-other-service", subject=SUBJECT)
-    write_token(token_file, wrong)
-    bridge = start_bridge(
-        {"fraud": route_config(topics)},
-        databricks={
-            "host": emulator.url,
-            "auth_type": "oidc-federation",
-            "oidc_token_file": str(token_file),
-        },
-        wait_ready=False,
+    bridge = start_with_token_file(
+        start_bridge, topics, emulator, tmp_path / "idp-token.jwt", wrong, wait_ready=False
     )
 
     assert bridge.wait_exit(60) == 1
@@ -259,17 +264,10 @@ def test_route_optimized_endpoint_with_a_federated_identity(
     route_optimized: FakeClock,
     start_bridge: BridgeFactory,
 ) -> None:
-    token_file = tmp_path / "idp-token.jwt"
     token = idp.issue(audience=AUDIENCE, subject=SUBJECT)
-    write_token(token_file, token)
     results = TopicReader(pulsar_client, topics.result)
-    bridge = start_bridge(
-        {"fraud": route_config(topics)},
-        databricks={
-            "host": emulator.url,
-            "auth_type": "oidc-federation",
-            "oidc_token_file": str(token_file),
-        },
+    bridge = start_with_token_file(
+        start_bridge, topics, emulator, tmp_path / "idp-token.jwt", token
     )
 
     bridge.wait_for("route_optimized")

@@ -3,7 +3,6 @@ several workspaces, and secrets that rotate or expire mid-stream."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pulsar
@@ -11,18 +10,15 @@ import pytest
 
 from bridge.emulator import EmulatorServer, EmulatorState
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, BridgeFactory
-from tests.support.harness import TopicReader, Topics, event, publish, route_config
+from tests.support.harness import (
+    TopicReader,
+    Topics,
+    relay,
+    route_config,
+    secret_file,
+)
 
 pytestmark = pytest.mark.integration
-
-
-def relay_some(
-    client: pulsar.Client, topics: Topics, start: int, count: int, reader: TopicReader
-) -> int:
-    publish(
-        client, topics.source, [json.dumps(event(i)).encode() for i in range(start, start + count)]
-    )
-    return len(reader.read_until(lambda ms: len(ms) >= start + count))
 
 
 def test_personal_access_token_from_a_file(
@@ -33,16 +29,14 @@ def test_personal_access_token_from_a_file(
     start_bridge: BridgeFactory,
 ) -> None:
     emulator.state.pat_tokens = frozenset({"dapi-test-token-0001"})
-    token_file = tmp_path / "pat"
-    token_file.write_text("dapi-test-token-0001\n")
-    token_file.chmod(0o600)
+    token_file = secret_file(tmp_path / "pat", "dapi-test-token-0001\n")
     results = TopicReader(pulsar_client, topics.result)
     bridge = start_bridge(
         {"fraud": route_config(topics)},
         databricks={"host": emulator.url, "auth_type": "pat", "token": f"file:{token_file}"},
     )
 
-    assert relay_some(pulsar_client, topics, 0, 50, results) == 50
+    assert relay(pulsar_client, topics, results, 0, 50) == 50
     bridge.stop()
     assert emulator.state.counters.tokens_issued == 0, "a PAT needs no OAuth round trip"
     assert "dapi-test-token-0001" not in bridge.output
@@ -55,26 +49,24 @@ def test_a_rotated_client_secret_file_is_used_after_the_old_one_is_revoked(
     emulator: EmulatorServer,
     start_bridge: BridgeFactory,
 ) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_text(CLIENT_SECRET)
-    secret_file.chmod(0o600)
+    rotating = secret_file(tmp_path / "secret", CLIENT_SECRET)
     results = TopicReader(pulsar_client, topics.result)
     bridge = start_bridge(
         {"fraud": route_config(topics)},
         databricks={
             "host": emulator.url,
             "client_id": CLIENT_ID,
-            "client_secret": f"file:{secret_file}",
+            "client_secret": f"file:{rotating}",
         },
     )
-    assert relay_some(pulsar_client, topics, 0, 20, results) == 20
+    assert relay(pulsar_client, topics, results, 0, 20) == 20
 
     # The service principal's secret is rotated: the old one and its tokens stop working.
     emulator.state.clients = {CLIENT_ID: "rotated-secret-value"}
-    secret_file.write_text("rotated-secret-value")
+    rotating.write_text("rotated-secret-value")
     emulator.state.revoke_all()
 
-    assert relay_some(pulsar_client, topics, 20, 20, results) == 40
+    assert relay(pulsar_client, topics, results, 20, 20) == 40
     bridge.stop()
     assert "rotated-secret-value" not in bridge.output
 
@@ -105,8 +97,8 @@ def test_routes_on_two_workspaces_with_their_own_service_principals(
                 },
             },
         )
-        assert relay_some(pulsar_client, main, 0, 30, main_results) == 30
-        assert relay_some(pulsar_client, analytics, 0, 30, analytics_results) == 30
+        assert relay(pulsar_client, main, main_results, 0, 30) == 30
+        assert relay(pulsar_client, analytics, analytics_results, 0, 30) == 30
         bridge.stop()
 
         assert emulator.state.counters.rows_scored == 30
@@ -133,7 +125,7 @@ def test_databricks_sdk_unified_auth_with_a_config_profile(
         env={"DATABRICKS_CONFIG_FILE": str(databrickscfg), "HOME": str(tmp_path)},
     )
 
-    assert relay_some(pulsar_client, topics, 0, 40, results) == 40
+    assert relay(pulsar_client, topics, results, 0, 40) == 40
     bridge.stop()
     assert emulator.state.counters.tokens_issued >= 1, "the SDK fetched an OAuth token"
     assert CLIENT_SECRET not in bridge.output

@@ -18,7 +18,15 @@ import tomli_w
 from bridge.embedded import free_port
 from bridge.emulator import EmulatorServer
 from tests.conftest import CLIENT_SECRET, BridgeFactory
-from tests.support.harness import BridgeProcess, TopicReader, Topics, event, publish, route_config
+from tests.support.harness import (
+    BridgeProcess,
+    TopicReader,
+    Topics,
+    event,
+    publish,
+    route_config,
+    secret_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -189,16 +197,14 @@ def test_no_secret_or_token_reaches_any_log_line(
     emulator: EmulatorServer,
     start_bridge: BridgeFactory,
 ) -> None:
-    secret_file = tmp_path / "client-secret"
-    secret_file.write_text(CLIENT_SECRET + "\n")
-    secret_file.chmod(0o600)
+    client_secret = secret_file(tmp_path / "client-secret", CLIENT_SECRET + "\n")
     results = TopicReader(pulsar_client, topics.result)
     bridge = start_bridge(
         {"fraud": route_config(topics)},
         databricks={
             "host": emulator.url,
             "client_id": "bridge-sp",
-            "client_secret": f"file:{secret_file}",
+            "client_secret": f"file:{client_secret}",
         },
         extra={"observe": {"log_level": "debug"}},
     )

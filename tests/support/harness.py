@@ -302,6 +302,43 @@ def publish(
     return ids
 
 
+def secret_file(path: Path, text: str) -> Path:
+    """``text`` at ``path``, readable by its owner only (as the bridge expects of secrets)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def relay(
+    client: pulsar.Client, topics: Topics, reader: TopicReader, start: int, count: int
+) -> int:
+    """Publish events ``start..start+count``; the number of results read so far."""
+    payloads = [json.dumps(event(i)).encode() for i in range(start, start + count)]
+    publish(client, topics.source, payloads)
+    return len(reader.read_until(lambda ms: len(ms) >= start + count))
+
+
+def key_shared_route(topics: Topics) -> dict[str, Any]:
+    """A key_shared route of small batches whose failed requests are held in place, not
+    handed back: one attempt, a circuit that never opens, 50 rounds; results carry ``seq``."""
+    return route_config(
+        topics,
+        source={"subscription_type": "key_shared"},
+        endpoint={"max_in_flight": 4},
+        batch={"max_events": 25},
+        result={"passthrough": ["id", "seq"]},
+        failure={"attempts": 1, "circuit_failures": 10_000, "max_redeliveries": 50},
+    )
+
+
+def seqs_by_key(messages: Iterable[Received]) -> dict[str, list[int]]:
+    """The ``seq`` of each result, per message key, in the order the results were read."""
+    per_key: dict[str, list[int]] = {}
+    for message in messages:
+        per_key.setdefault(message.key or "", []).append(message.json["seq"])
+    return per_key
+
+
 def event(i: int, **extra: Any) -> dict[str, Any]:
     """A sample transaction with numeric features the emulator's model scores."""
     return {
