@@ -14,7 +14,8 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+
+from bridge.lifecycle import Running
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -24,7 +25,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Running):
     """A pulsar-lite process on 127.0.0.1; ``restart`` keeps its port and data."""
 
     def __init__(
@@ -99,15 +100,3 @@ class EmbeddedBroker:
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
         self.start()
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -12,8 +12,6 @@ import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,6 +22,7 @@ from bridge.emulator.faults import FaultInjector, Faults
 from bridge.emulator.mlflow_model import load_served_model
 from bridge.emulator.oauth import GrantHandler
 from bridge.emulator.state import EmulatorState, FederationPolicy
+from bridge.lifecycle import Running
 
 _log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ class _NotifyingServer(uvicorn.Server):
             self._on_started()
 
 
-class _UvicornThread:
+class _UvicornThread(Running):
     """One Starlette app on ``host``:``port`` (0 picks a free port), served by uvicorn.
 
     :meth:`start` serves from a daemon thread and returns once connections are accepted;
@@ -179,18 +178,6 @@ class _UvicornThread:
             transport.abort()
             return True
         return False
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class DataPlaneServer(_UvicornThread):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.embedded import free_port
+from bridge.lifecycle import Running
 from tests.support.ci import missing
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "apache-pulsar.sh"
@@ -228,7 +229,7 @@ def start_apache_pulsar(
 CREATED: list[ApachePulsarBroker] = []
 
 
-class ApachePulsarBroker:
+class ApachePulsarBroker(Running):
     """A standalone broker that keeps its data dir and ports across restarts.
 
     The tests' ``broker`` fixture hands this out with the same small interface as
@@ -283,10 +284,3 @@ class ApachePulsarBroker:
         """SIGTERM and start again on the same data and ports (clients reconnect)."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> ApachePulsarBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -22,12 +22,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from bridge.embedded import free_port
+from bridge.lifecycle import Running
 
 LABEL = "species"
 
@@ -98,7 +98,7 @@ def train_iris_model(directory: Path) -> TrainedModel:
     return TrainedModel(directory, estimator, tuple(map(str, features.columns)), rows)
 
 
-class MlflowScoringServer:
+class MlflowScoringServer(Running):
     """``mlflow models serve -m DIR --env-manager local`` in its own process group.
 
     ``--env-manager local`` scores in this virtualenv instead of building a new one, and
@@ -212,14 +212,3 @@ class MlflowScoringServer:
     def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
             os.killpg(process.pid, sig)  # start_new_session made the pid the group id
-
-    def __enter__(self) -> MlflowScoringServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
