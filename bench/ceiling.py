@@ -9,14 +9,13 @@ events are confirmed.
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 from typing import Any
 
 import pulsar
 
-from bench.payload import batching_producer, client
+from bench.payload import batching_producer, client, relay_arguments, shared_consumer
 from bench.procs import emit, linger
 
 
@@ -48,23 +47,11 @@ def relay(consumer: Any, producer: Any, count: int, deadline: float) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--service-url", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--subscription", required=True)
-    parser.add_argument("--result", required=True)
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--timeout", type=float, required=True)
-    args = parser.parse_args()
-
+    args = relay_arguments(__doc__).parse_args()
     pulsar_client = client(args.service_url)
     producer = batching_producer(pulsar_client, args.result, delay_ms=5)
-    consumer = pulsar_client.subscribe(
-        args.source,
-        args.subscription,
-        consumer_type=pulsar.ConsumerType.Shared,
-        initial_position=pulsar.InitialPosition.Earliest,
-        receiver_queue_size=1000,
+    consumer = shared_consumer(
+        pulsar_client, args.source, args.subscription, receiver_queue_size=1000
     )
     emit("ready")
     confirmed = relay(consumer, producer, args.count, time.monotonic() + args.timeout)

@@ -8,7 +8,6 @@ subscribed and ``done`` after ``--count`` events or ``--timeout`` seconds.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import orjson
 import pulsar
 
-from bench.payload import client
+from bench.payload import client, relay_arguments, shared_consumer
 from bench.procs import emit, linger
 
 
@@ -37,24 +36,12 @@ def relay_one(consumer: Any, producer: Any, http: httpx.Client, url: str) -> boo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--service-url", required=True)
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--subscription", required=True)
-    parser.add_argument("--result", required=True)
+    parser = relay_arguments(__doc__)
     parser.add_argument("--endpoint-url", required=True, help="the invocations URL")
-    parser.add_argument("--count", type=int, required=True)
-    parser.add_argument("--timeout", type=float, required=True)
     args = parser.parse_args()
-
     pulsar_client = client(args.service_url)
     producer = pulsar_client.create_producer(args.result)
-    consumer = pulsar_client.subscribe(
-        args.source,
-        args.subscription,
-        consumer_type=pulsar.ConsumerType.Shared,
-        initial_position=pulsar.InitialPosition.Earliest,
-    )
+    consumer = shared_consumer(pulsar_client, args.source, args.subscription)
     done = 0
     with httpx.Client(timeout=30) as http:
         emit("ready")

@@ -1,7 +1,9 @@
-"""The benchmark's events (1 KB JSON objects the emulator scores) and a batching pre-fill."""
+"""The benchmark's events (1 KB JSON objects the emulator scores), a batching pre-fill, and
+what the relay helpers share (command line, consumer)."""
 
 from __future__ import annotations
 
+import argparse
 import threading
 import time
 from typing import Any
@@ -76,3 +78,27 @@ def prefill(pulsar_client: Any, topic: str, count: int) -> float:
     if failures:
         raise RuntimeError(f"pre-fill of {topic}: {len(failures)} sends failed ({failures[0]})")
     return time.monotonic() - started
+
+
+def relay_arguments(description: str) -> argparse.ArgumentParser:
+    """The command line every relay helper takes (ceiling, naive); add its own to it."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--service-url", required=True)
+    parser.add_argument("--source", required=True)
+    parser.add_argument("--subscription", required=True)
+    parser.add_argument("--result", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    return parser
+
+
+def shared_consumer(pulsar_client: Any, topic: str, subscription: str, **options: Any) -> Any:
+    """A Shared subscription from the earliest message, as the relay helpers read their
+    backlog (``options``: more ``subscribe`` settings)."""
+    return pulsar_client.subscribe(
+        topic,
+        subscription,
+        consumer_type=pulsar.ConsumerType.Shared,
+        initial_position=pulsar.InitialPosition.Earliest,
+        **options,
+    )
