@@ -40,7 +40,7 @@ from bridge.errors import BrokerError, EndpointError, ResponseShapeError, Result
 from bridge.events import Event, dead_letter_message, result_message
 from bridge.formats import build_body, predictions_of
 from bridge.observe import RouteMetrics
-from bridge.pulsar_io import Publisher, Received, Source
+from bridge.pulsar_io import OutgoingMessage, Publisher, Received, Source
 from bridge.retry import Circuit, RetryPolicy
 from bridge.serving import Invocation, ServingClient
 
@@ -48,8 +48,6 @@ EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
 # Subscriptions that deliver each key's events in order to one consumer.
 ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
 log = structlog.get_logger("bridge.batch")
-# A result as the publisher takes it: payload, properties, key.
-ResultMessage = tuple[bytes, dict[str, str], str | None]
 
 
 class BatchProcessor:
@@ -65,7 +63,6 @@ class BatchProcessor:
         serving: ServingClient,
         circuit: Circuit,
         metrics: RouteMetrics,
-        requests: asyncio.Semaphore | None = None,
         stopping: asyncio.Event | None = None,
     ) -> None:
         self._route = route
@@ -74,8 +71,9 @@ class BatchProcessor:
         self._dead_letters = dead_letters
         self._serving = serving
         self._circuit = circuit
-        # Held for the request only (retries included), not while results are published.
-        self._requests = requests or asyncio.Semaphore(route.endpoint.max_in_flight)
+        # Requests at the endpoint at once: held for the request only (retries included),
+        # not while results are published.
+        self._requests = asyncio.Semaphore(route.endpoint.max_in_flight)
         self._policy = RetryPolicy.from_settings(route.failure)
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
@@ -238,7 +236,7 @@ class BatchProcessor:
                     current=invocation.served_model,
                 )
             self._metrics.served_model = invocation.served_model
-        pending: list[tuple[Event, ResultMessage]] = []
+        pending: list[tuple[Event, OutgoingMessage]] = []
         for event, prediction in zip(events, predictions, strict=True):
             data, properties = result_message(
                 event,
@@ -280,8 +278,8 @@ class BatchProcessor:
         return True
 
     async def _publish_once(
-        self, pending: list[tuple[Event, ResultMessage]]
-    ) -> list[tuple[Event, ResultMessage]]:
+        self, pending: list[tuple[Event, OutgoingMessage]]
+    ) -> list[tuple[Event, OutgoingMessage]]:
         """Publish; ack what the broker stored, dead-letter what it can never take, and
         return the rest."""
         outcomes = await self._results.publish_all([message for _, message in pending])

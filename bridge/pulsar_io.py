@@ -12,7 +12,7 @@ import ctypes
 import functools
 import json
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import _pulsar
@@ -148,6 +148,9 @@ class CallbackThreads:
             self._pinned.add(ident)
 
 
+# A message to publish: payload, properties (a dict, as the extension takes them), key.
+OutgoingMessage = tuple[bytes, dict[str, str], str | None]
+
 # Results of a send that fail the same way every time.
 _REJECTED = frozenset({_pulsar.Result.MessageTooBig, _pulsar.Result.InvalidMessage})
 
@@ -203,15 +206,13 @@ class Publisher:
         return self._confirm_each
 
     async def publish(
-        self, data: bytes, properties: Mapping[str, str], key: str | None = None
+        self, data: bytes, properties: dict[str, str], key: str | None = None
     ) -> None:
         (error,) = await self.publish_all([(data, properties, key)])
         if error is not None:
             raise error
 
-    async def publish_all(
-        self, messages: Sequence[tuple[bytes, Mapping[str, str], str | None]]
-    ) -> list[BrokerError | None]:
+    async def publish_all(self, messages: Sequence[OutgoingMessage]) -> list[BrokerError | None]:
         """Publish in order; one outcome per message (None when the broker stored it)."""
         outcomes: list[BrokerError | None] = [None] * len(messages)
         for start in range(0, len(messages), self._max_pending):
@@ -232,7 +233,7 @@ class Publisher:
 
     async def _send(
         self,
-        chunk: Sequence[tuple[bytes, Mapping[str, str], str | None]],
+        chunk: Sequence[OutgoingMessage],
         outcomes: list[BrokerError | None],
         start: int,
     ) -> None:
@@ -245,7 +246,7 @@ class Publisher:
         for index, (data, properties, key) in enumerate(chunk, start):
             builder = _pulsar.MessageBuilder()
             builder.content(data)
-            builder.properties(dict(properties))  # one call into the extension, not one per key
+            builder.properties(properties)  # one call into the extension, not one per key
             if key:
                 builder.partition_key(key)
             confirm_each = self._confirm_each or len(data) > CONFIRM_EACH_ABOVE_BYTES

@@ -52,9 +52,8 @@ class Route:
         self._clock = clock
         self._on_close = on_close
         self._stopping = asyncio.Event()
-        # Requests at the endpoint, and batches in progress: as many again may be waiting
-        # for a request or publishing results while max_in_flight are at the endpoint.
-        self._requests = asyncio.Semaphore(settings.endpoint.max_in_flight)
+        # Batches in progress: as many again may be waiting for a request or publishing
+        # results while max_in_flight are at the endpoint (BatchProcessor bounds those).
         self._slots = asyncio.Semaphore(self.max_batches)
         self._tasks: set[asyncio.Future[None]] = set()
         self._lane_tasks: dict[int, asyncio.Future[None]] = {}
@@ -103,7 +102,6 @@ class Route:
             dead_letters=dead_letters,
             serving=self._serving,
             circuit=self._circuit,
-            requests=self._requests,
             metrics=self.metrics,
             stopping=self._stopping,
         )
