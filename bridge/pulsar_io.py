@@ -332,16 +332,6 @@ class _Confirmations:
             self._loop.call_soon_threadsafe(self._on_settled)
 
 
-def _resolve_value(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
-def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)
-
-
 class PulsarConnection:
     """One client per daemon, shared by all routes (the C++ client multiplexes)."""
 
@@ -403,17 +393,11 @@ class PulsarConnection:
 
     async def _partitions(self, topic: str) -> list[str]:
         """The topic's partitions (the topic itself when it is not partitioned)."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[list[str]] = loop.create_future()
-
-        def callback(result: Any, names: Sequence[str]) -> None:
-            if result == _pulsar.Result.Ok:
-                loop.call_soon_threadsafe(_resolve_value, answer, list(names))
-            else:
-                loop.call_soon_threadsafe(_fail, answer, pulsar_asyncio.PulsarException(result))
-
+        answer: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()
+        # pulsar.asyncio's own completion: the result on the loop, PulsarException if not Ok.
+        callback = functools.partial(pulsar_asyncio._set_future, answer)
         self._client._client.get_topic_partitions_async(topic, callback)
-        return await answer
+        return list(await answer)
 
     async def close(self) -> None:
         try:
