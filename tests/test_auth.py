@@ -15,25 +15,13 @@ import respx
 from bridge.auth import OAuthTokenSource, StaticTokenSource, Token, TokenCache
 from bridge.errors import AuthError, SecretError
 from bridge.secrets import Secret
+from tests.support.clock import FakeClock
 
 TOKEN_URL = "https://adb-123.azuredatabricks.net/oidc/v1/token"
 CLIENT_ID = "sp-client-id"
 CLIENT_SECRET = "sp-client-secret-3b9e"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSource:

@@ -24,6 +24,7 @@ from bridge.emulator import (
     load_jwks,
     score,
 )
+from tests.support.clock import FakeClock
 
 CLIENT_ID = "sp-client"
 CLIENT_SECRET = "sp-secret"
@@ -36,19 +37,6 @@ TTL_S = 3600
 SCOPED_TTL_S = 300
 ROUTED, OTHER_ROUTED, PLAIN = "fraud-model", "churn-model", "plain-model"
 ROWS: list[dict[str, object]] = [{"amount": 12.5, "age": 3}, {"amount": -4, "age": 0.5}]
-
-
-class FakeClock:
-    """A clock that moves only when told to (monotonic seconds or epoch seconds)."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

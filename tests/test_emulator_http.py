@@ -19,6 +19,7 @@ from bridge.emulator import (
     default_grant_handlers,
     score,
 )
+from tests.support.clock import FakeClock
 
 CLIENT_ID = "sp-client"
 CLIENT_SECRET = "sp-secret"
@@ -31,19 +32,6 @@ ROWS: list[dict[str, object]] = [
 ]
 PREDICTIONS = [score(row) for row in ROWS]  # pinned by test_emulator_model
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 
 from bridge.emulator import DataPlaneServer, EmulatorServer, EmulatorState, IdentityProvider
 from tests.conftest import CLIENT_SECRET, BridgeFactory
+from tests.support.clock import FakeClock
 from tests.support.harness import (
     BridgeProcess,
     TopicReader,
@@ -31,19 +32,6 @@ AUDIENCE = "https://emulated.cloud.databricks.com/oidc/v1/token"
 SUBJECT = "repo:acme/scoring:environment:production"
 WORKLOAD_SP = "5f3c1a9e-bridge-workload"
 ENDPOINT = "fraud-model"
-
-
-class FakeClock:
-    """A clock that moves only when the test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")

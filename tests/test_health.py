@@ -23,21 +23,9 @@ from bridge.health import (
 )
 from bridge.observe import Metrics, RouteMetrics
 from bridge.relay import Route
+from tests.support.clock import FakeClock
 
 PAT = "dapi-probe-token"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
