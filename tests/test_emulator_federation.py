@@ -25,6 +25,7 @@ from bridge.emulator import (
     score,
 )
 from tests.support.clock import FakeClock
+from tests.support.sdk import workspace_client
 
 CLIENT_ID = "sp-client"
 CLIENT_SECRET = "sp-secret"
@@ -501,12 +502,7 @@ def test_databricks_sdk_queries_the_data_plane(
     server: EmulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The SDK's route-optimized flow (describe, jwt-bearer, data-plane query).
-    for name in ["DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "missing.cfg"))
-    client = WorkspaceClient(
-        host=server.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, auth_type="oauth-m2m"
-    )
+    client = workspace_client(server.url, CLIENT_ID, CLIENT_SECRET, monkeypatch, tmp_path)
     result = client.serving_endpoints_data_plane.query(ROUTED, dataframe_records=ROWS)
     assert result.predictions == [score(row) for row in ROWS]
     counters = server.state.counters

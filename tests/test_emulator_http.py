@@ -9,7 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from databricks.sdk import WorkspaceClient
 
 from bridge.emulator import (
     EmulatorServer,
@@ -20,6 +19,7 @@ from bridge.emulator import (
     score,
 )
 from tests.support.clock import FakeClock
+from tests.support.sdk import workspace_client
 
 CLIENT_ID = "sp-client"
 CLIENT_SECRET = "sp-secret"
@@ -452,12 +452,7 @@ def test_databricks_sdk_talks_to_the_emulator(
     server: EmulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # The SDK's own oauth-m2m flow (discovery, token, query, get) is the compatibility bar.
-    for name in ["DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_PROFILE"]:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "missing.cfg"))
-    client = WorkspaceClient(
-        host=server.url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, auth_type="oauth-m2m"
-    )
+    client = workspace_client(server.url, CLIENT_ID, CLIENT_SECRET, monkeypatch, tmp_path)
     result = client.serving_endpoints.query("fraud-model", dataframe_records=ROWS)
     assert result.predictions == PREDICTIONS
     assert result.served_model_name == "fraud-model-1"
