@@ -176,15 +176,32 @@ class EndpointSettings(_Section):
     served_model: str | None = None
     format: RequestFormat = "dataframe_records"
     params: dict[str, Any] | None = None
+    # A deadline for the whole request, from connecting to the last byte of the answer.
     timeout_s: float = Field(default=120, gt=0)
+    # "adaptive": the limit of requests at the endpoint moves between min_in_flight and
+    # max_in_flight with the endpoint's answers (429/503/timeouts cut it, success grows it);
+    # "fixed": always max_in_flight.
+    concurrency: Literal["adaptive", "fixed"] = "adaptive"
     max_in_flight: int = Field(default=4, ge=1, le=256)
+    min_in_flight: int = Field(default=1, ge=1, le=256)
+    # Optional caps for AI Gateway rate limits, shared by every route calling the endpoint.
+    max_requests_per_s: float | None = Field(default=None, gt=0)
+    max_events_per_s: float | None = Field(default=None, gt=0)
     # Databricks rejects request bodies over 16 MB; batches are split below this.
     max_payload_bytes: int = Field(default=16_000_000, ge=1024)
+    # Answers larger than this (after decompression) fail the request; error bodies are
+    # cut well before it.
+    max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
 
     @model_validator(mode="after")
     def _name_or_url(self) -> EndpointSettings:
         if (self.name is None) == (self.url is None):
             raise ValueError("exactly one of 'name' or 'url' is required")
+        if self.min_in_flight > self.max_in_flight:
+            raise ValueError(
+                f"min_in_flight ({self.min_in_flight}) is above max_in_flight "
+                f"({self.max_in_flight})"
+            )
         if self.url is not None and self.workspace is not None:
             raise ValueError("'workspace' applies to 'name' endpoints only")
         return self
@@ -202,6 +219,8 @@ class ResultSettings(_Section):
 
 
 class FailureSettings(_Section):
+    # Rounds of in-bridge attempts a batch may fail alone (a 5xx or timeout while the
+    # endpoint answers other requests) before it is split, and a single event dead-lettered.
     max_redeliveries: int = Field(default=5, ge=0)
     dead_letter_topic: str | None = None
     # Delay before Pulsar redelivers a nacked event.
@@ -212,9 +231,15 @@ class FailureSettings(_Section):
     backoff_initial_ms: float = Field(default=100, ge=0)
     backoff_max_ms: float = Field(default=5000, ge=0)
     retry_after_max_s: float = Field(default=30, ge=0)
-    # Consecutive failed requests that open the circuit, and the probe interval cap.
+    # Consecutive failed requests that pause the route, and the probe interval cap.
     circuit_failures: int = Field(default=10, ge=1)
     circuit_probe_max_s: float = Field(default=30, gt=0)
+    # Batches in a row whose every event the endpoint rejects (400/422) that pause the
+    # route as a route error (a model redeployed with a new signature) instead of
+    # dead-lettering them; 0 turns it off. Undecided batches wait at most
+    # poison_storm_window_s for another batch to tell poison from a storm.
+    poison_storm_batches: int = Field(default=3, ge=0)
+    poison_storm_window_s: float = Field(default=10, gt=0)
 
 
 class RouteSettings(BaseModel):
