@@ -5,12 +5,14 @@ serves route-optimized endpoints at ``/{workspace_id}/serving-endpoints/{name}/i
 on its own port. An invocation passes these gates in order, the first failing one answering:
 workspace: auth (401) -> endpoint exists (404) -> not route-optimized, unless
 ``route_optimized_workspace_path`` (400); data plane: workspace id and route-optimized
-endpoint (404) -> a token scoped to that endpoint (401); then both: served model exists
-(404) -> endpoint READY (503) -> pre-parse faults
-(latency, outage, fail_next, connection reset, 429) -> Content-Type (415) -> payload
-size (413) -> JSON object with exactly one input key (400) -> poisoned row (400) ->
+endpoint (404) -> a token scoped to that endpoint (401); then both: route-error outage
+(404, 403) -> served model exists (404) -> endpoint READY (503) -> scaling from zero
+(503) -> capacity (429, both at once) -> pre-parse faults (latency, outage, fail_next,
+connection reset, 429) -> Content-Type (415) -> payload size (413) -> JSON object with
+exactly one input key (400) -> new signature rejects all (400) -> poisoned row (400) ->
 the model rejects the rows (400, only with a real model) -> 200
-``{"predictions": [...]}`` with a ``served-model-name`` header.
+``{"predictions": [...]}`` with a ``served-model-name`` header. The decisions are
+:class:`~bridge.emulator.faults.FaultInjector`'s; this module only applies them.
 
 Routes under ``/_emulator/`` steer the emulator from tests and need no auth.
 """
@@ -31,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from bridge.emulator.endpoints import endpoint_detail
-from bridge.emulator.faults import Rejection
+from bridge.emulator.faults import Decision, Rejection
 from bridge.emulator.grants import default_grant_handlers
 from bridge.emulator.model import Row, rows_from_body, score
 from bridge.emulator.oauth import (
@@ -85,6 +87,13 @@ def _check_access(state: EmulatorState, request: Request, endpoint: str) -> None
     if not state.serves(endpoint):
         message = f"Endpoint with name '{endpoint}' does not exist."
         raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
+
+
+def _check_route(state: EmulatorState, endpoint: str) -> None:
+    """Raise the 404 or 403 of a route-error outage, for invocations and the GET alike."""
+    rejection = state.faults.route_rejection(state.clock(), endpoint)
+    if rejection is not None:
+        raise ApiError.from_rejection(rejection)
 
 
 def _check_workspace_invocation(state: EmulatorState, request: Request, endpoint: str) -> None:
@@ -165,13 +174,42 @@ async def _invoke(
     endpoint = request.path_params["name"]
     raw = await request.body()  # read first so every answer leaves the connection reusable
     plane.check(state, request, endpoint)
+    _check_route(state, endpoint)
     served = state.served_model_name(endpoint)
     if request.path_params.get("served", served) != served:
         message = f"Served model '{request.path_params['served']}' not found in '{endpoint}'."
         raise ApiError(404, "RESOURCE_DOES_NOT_EXIST", message)
     if not state.is_ready(endpoint):
         raise ApiError(503, "TEMPORARILY_UNAVAILABLE", f"Endpoint '{endpoint}' is not ready.")
-    decision = state.faults.decide(state.clock())
+    decision = state.faults.decide(state.clock(), endpoint)
+    if not decision.holds_slot:  # refused in front of the model: no latency, no slot
+        if decision.over_capacity:
+            state.counters.rejected_over_capacity += 1
+        assert decision.rejection is not None
+        raise ApiError.from_rejection(decision.rejection)
+    state.counters.invocation_admitted(state.faults.in_use(endpoint))
+    try:
+        rows, predictions = await _answer_admitted(state, dropper, request, raw, arrived, decision)
+    finally:
+        state.faults.release(endpoint)
+    state.counters.rows_scored += len(rows)
+    plane.counters(state, endpoint).rows_scored += len(rows)
+    return Response(
+        orjson.dumps({"predictions": predictions}),
+        media_type="application/json",
+        headers={"served-model-name": served},
+    )
+
+
+async def _answer_admitted(
+    state: EmulatorState,
+    dropper: ConnectionDropper | None,
+    request: Request,
+    raw: bytes,
+    arrived: float,
+    decision: Decision,
+) -> tuple[list[Row], list[object]]:
+    """The rows and their predictions of an invocation holding a slot, or its ApiError."""
     # The latency fault is the time to answer, as a model's would be: the emulator's own
     # work happens within it, so a 50 ms endpoint answers in 50 ms, not 50 ms plus
     # however long this process took to parse and score (which grows with concurrency).
@@ -185,19 +223,12 @@ async def _invoke(
         if decision.rejection is not None:
             raise ApiError.from_rejection(decision.rejection)
         rows = _parse_rows(state, request, raw)
-        poisoned = state.faults.check_poison(rows)
-        if poisoned is not None:
-            raise ApiError.from_rejection(poisoned)
-        predictions = await _predict(state, rows)
+        rejection = state.faults.check_schema(state.clock()) or state.faults.check_poison(rows)
+        if rejection is not None:
+            raise ApiError.from_rejection(rejection)
+        return rows, await _predict(state, rows)
     finally:
         await _sleep_until(answer_at)
-    state.counters.rows_scored += len(rows)
-    plane.counters(state, endpoint).rows_scored += len(rows)
-    return Response(
-        orjson.dumps({"predictions": predictions}),
-        media_type="application/json",
-        headers={"served-model-name": served},
-    )
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -221,6 +252,7 @@ async def _predict(state: EmulatorState, rows: list[Row]) -> list[object]:
 async def _get_endpoint(state: EmulatorState, request: Request) -> Response:
     endpoint = request.path_params["name"]
     _check_access(state, request, endpoint)
+    _check_route(state, endpoint)
     return JSONResponse(endpoint_detail(state, endpoint))
 
 

@@ -75,6 +75,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     routing.add_argument(
         "--scoped-token-ttl", type=int, metavar="S", help="expires_in of endpoint-scoped tokens"
     )
+    states = parser.add_argument_group(
+        "endpoint states", "what a real endpoint goes through; durations count from start-up"
+    )
+    states.add_argument(
+        "--capacity",
+        type=int,
+        metavar="N",
+        help="invocations answered at once per endpoint; more get 429 at once (default no limit)",
+    )
+    states.add_argument(
+        "--not-found-for", type=float, metavar="S", help="answer 404 for S seconds (also the GET)"
+    )
+    states.add_argument(
+        "--forbidden-for", type=float, metavar="S", help="answer 403 for S seconds (also the GET)"
+    )
+    states.add_argument(
+        "--scale-from-zero",
+        type=float,
+        metavar="S",
+        help="scale up from zero for S seconds: invocations 503, the GET NOT_READY",
+    )
+    states.add_argument(
+        "--reject-all",
+        action="store_true",
+        help="a new model signature: every invocation 400 'Model is missing inputs'",
+    )
+    states.add_argument(
+        "--reject-all-for", type=float, metavar="S", help="the same for S seconds only"
+    )
 
 
 def _federation(args: argparse.Namespace) -> list[FederationPolicy]:
@@ -97,6 +126,21 @@ def _federation(args: argparse.Namespace) -> list[FederationPolicy]:
     ]
 
 
+def endpoint_states(args: argparse.Namespace) -> dict[str, object]:
+    """The ``/_emulator/faults`` patch the endpoint-state options describe."""
+    options = {
+        "capacity": args.capacity,
+        "not_found_for_s": args.not_found_for,
+        "forbidden_for_s": args.forbidden_for,
+        "scale_from_zero_s": args.scale_from_zero,
+        "reject_all_for_s": args.reject_all_for,
+    }
+    patch: dict[str, object] = {k: v for k, v in options.items() if v is not None}
+    if args.reject_all:
+        patch["reject_all"] = True
+    return patch
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         state = build_state(
@@ -113,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             federation=_federation(args),
             route_optimized=tuple(args.route_optimized),
             scoped_token_ttl_s=args.scoped_token_ttl,
+            faults=endpoint_states(args),
         )
         run_emulator(
             state,

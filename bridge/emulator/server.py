@@ -288,6 +288,7 @@ def build_state(
     federation: Sequence[FederationPolicy] = (),
     route_optimized: Sequence[str] = (),
     scoped_token_ttl_s: int | None = None,
+    faults: Mapping[str, object] | None = None,
 ) -> EmulatorState:
     """The state for command-line options; ValueError on inconsistent ones.
 
@@ -295,6 +296,8 @@ def build_state(
     ``<name>-<model_version>``; it is loaded here, so a bad path fails at start-up.
     ``federation`` policies enable OIDC token exchange; ``route_optimized`` endpoints
     are served on the data plane with tokens that live ``scoped_token_ttl_s``.
+    ``faults`` is a patch as ``PUT /_emulator/faults`` takes it (endpoint states such
+    as ``{"capacity": 4, "scale_from_zero_s": 20}``); durations count from now.
     """
     if (client_id is None) != (client_secret is None):
         raise ValueError("client_id and client_secret must be given together")
@@ -315,7 +318,7 @@ def build_state(
     if unknown and not any_endpoint:
         raise ValueError(f"route-optimized endpoint(s) not served: {', '.join(unknown)}")
     clients = {client_id: client_secret} if client_id and client_secret is not None else {}
-    return EmulatorState(
+    state = EmulatorState(
         endpoints=frozenset(endpoints),
         allow_any_endpoint=any_endpoint,
         clients=clients,
@@ -328,6 +331,8 @@ def build_state(
         route_optimized=set(route_optimized),
         scoped_token_ttl_s=scoped_token_ttl_s,
     )
+    state.faults.update(faults or {}, state.clock())  # ValueError for a bad value
+    return state
 
 
 def run_emulator(

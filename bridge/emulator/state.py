@@ -71,7 +71,10 @@ class Counters:
     ``scoped_tokens_issued`` those of them scoped to endpoints (jwt-bearer), and
     ``exchanges`` lists the accepted OIDC federation exchanges in order.
     ``invocations_in_progress`` and its high-water mark ``peak_invocations_in_progress``
-    count invocations being answered at once (Databricks limits an endpoint's concurrency).
+    count invocations being answered at once (Databricks limits an endpoint's concurrency);
+    ``peak_admitted_in_progress`` is the most invocations of one endpoint that held a
+    capacity slot at once (never over the ``capacity`` fault), and
+    ``rejected_over_capacity`` counts the 429s answered because every slot was taken.
     """
 
     requests_by_status: Counter[int] = field(default_factory=Counter)
@@ -81,6 +84,8 @@ class Counters:
     connections_dropped: int = 0
     invocations_in_progress: int = 0
     peak_invocations_in_progress: int = 0
+    peak_admitted_in_progress: int = 0
+    rejected_over_capacity: int = 0
     endpoints: dict[str, EndpointCounters] = field(default_factory=dict)
     data_plane: dict[str, EndpointCounters] = field(default_factory=dict)
     exchanges: list[FederatedExchange] = field(default_factory=list)
@@ -93,6 +98,10 @@ class Counters:
 
     def invocation_ended(self) -> None:
         self.invocations_in_progress -= 1
+
+    def invocation_admitted(self, slots_in_use: int) -> None:
+        """An invocation took a capacity slot; its endpoint now has ``slots_in_use``."""
+        self.peak_admitted_in_progress = max(self.peak_admitted_in_progress, slots_in_use)
 
     def endpoint(self, name: str) -> EndpointCounters:
         """The workspace-path counters of endpoint ``name``, created on first use."""
@@ -111,6 +120,8 @@ class Counters:
             "scoped_tokens_issued": self.scoped_tokens_issued,
             "connections_dropped": self.connections_dropped,
             "peak_invocations_in_progress": self.peak_invocations_in_progress,
+            "peak_admitted_in_progress": self.peak_admitted_in_progress,
+            "rejected_over_capacity": self.rejected_over_capacity,
             "endpoints": _endpoint_counters_json(self.endpoints),
             "data_plane": _endpoint_counters_json(self.data_plane),
             "exchanges": [
