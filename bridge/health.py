@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.addresses import parse_bind as parse_bind  # re-exported for status
 from bridge.errors import BridgeError
 from bridge.observe import RouteMetrics
 
@@ -260,16 +261,6 @@ def _route_status(route: RouteView) -> dict[str, object]:
         "last_error": m.last_error,
         "served_model": m.served_model,
     }
-
-
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> (host, port); ValueError when malformed."""
-    host, sep, port = bind.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{bind!r} is not host:port (port 0 picks a free one)")
-    return host, int(port)
 
 
 class _GuestServer(uvicorn.Server):
