@@ -14,14 +14,13 @@ the model rejects the rows (400, only with a real model) -> 200
 ``{"predictions": [...]}`` with a ``served-model-name`` header. The decisions are
 :class:`~bridge.emulator.faults.FaultInjector`'s; this module only applies them.
 
-Routes under ``/_emulator/`` steer the emulator from tests and need no auth.
+Routes under ``/_emulator/`` (:mod:`bridge.emulator.control`) steer the emulator from
+tests and need no auth.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -32,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bridge.emulator.control import control_routes
 from bridge.emulator.endpoints import endpoint_detail
 from bridge.emulator.faults import Decision, Rejection
 from bridge.emulator.grants import default_grant_handlers
@@ -283,71 +283,6 @@ def _counted(state: EmulatorState, handler: Handler, plane: _Plane = WORKSPACE) 
     return counted
 
 
-async def _read_json_object(request: Request) -> dict[str, object]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "BAD_REQUEST", "The request body is not valid JSON.") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, "BAD_REQUEST", "The request body must be a JSON object.")
-    return body
-
-
-async def _put_faults(state: EmulatorState, request: Request) -> Response:
-    try:
-        faults = state.faults.update(await _read_json_object(request), state.clock())
-    except ValueError as exc:
-        raise ApiError(400, "BAD_REQUEST", str(exc)) from exc
-    return JSONResponse(dataclasses.asdict(faults))
-
-
-async def _put_endpoint_state(state: EmulatorState, request: Request) -> Response:
-    """``{"ready": bool}`` and/or ``{"route_optimized": bool}`` for one endpoint."""
-    body = await _read_json_object(request)
-    flags = {
-        k: v for k, v in body.items() if k in ("ready", "route_optimized") and isinstance(v, bool)
-    }
-    if not flags or len(flags) != len(body):
-        message = 'Expected {"ready": true|false} and/or {"route_optimized": true|false}.'
-        raise ApiError(400, "BAD_REQUEST", message)
-    name = request.path_params["name"]
-    if "ready" in flags:
-        state.set_ready(name, flags["ready"])
-    if "route_optimized" in flags:
-        state.set_route_optimized(name, flags["route_optimized"])
-    return JSONResponse(flags)
-
-
-def _control_routes(state: EmulatorState) -> list[Route]:
-    async def stats(request: Request) -> Response:
-        return JSONResponse(state.counters.as_json())
-
-    async def revoke(request: Request) -> Response:
-        scoped_only = request.query_params.get("scoped_only", "").lower() in ("1", "true")
-        return JSONResponse({"revoked": state.revoke_all(scoped_only=scoped_only)})
-
-    async def reset(request: Request) -> Response:
-        state.reset()
-        return JSONResponse({"reset": True})
-
-    def guarded(handler: Callable[[EmulatorState, Request], Awaitable[Response]]) -> Handler:
-        async def run(request: Request) -> Response:
-            try:
-                return await handler(state, request)
-            except ApiError as error:
-                return error.response()
-
-        return run
-
-    return [
-        Route("/_emulator/stats", stats, methods=["GET"]),
-        Route("/_emulator/faults", guarded(_put_faults), methods=["PUT"]),
-        Route("/_emulator/revoke", revoke, methods=["POST"]),
-        Route("/_emulator/reset", reset, methods=["POST"]),
-        Route("/_emulator/endpoints/{name}", guarded(_put_endpoint_state), methods=["PUT"]),
-    ]
-
-
 def create_app(
     state: EmulatorState,
     *,
@@ -387,7 +322,7 @@ def create_app(
             _counted(state, partial(_get_endpoint, state)),
             methods=["GET"],
         ),
-        *_control_routes(state),
+        *control_routes(state),
     ]
     return Starlette(routes=routes)
 
