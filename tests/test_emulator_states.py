@@ -5,11 +5,29 @@ scaling from zero and a schema change, steered by a fake clock; and the options 
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
 
+import httpx
 import pytest
 
-from bridge.emulator import Decision, FaultInjector, Faults, build_state, merge_faults
+from bridge.emulator import (
+    Decision,
+    EmulatorServer,
+    EmulatorState,
+    FaultInjector,
+    Faults,
+    build_state,
+    merge_faults,
+    score,
+)
 from bridge.emulator.cli import add_arguments, endpoint_states
+from bridge.emulator.state import ServedModel
 from tests.support.clock import FakeClock
 
 EP = "fraud-model"
@@ -250,3 +268,236 @@ def test_build_state_applies_the_states_from_start_up() -> None:
     assert state.faults.scaling_from_zero(state.clock())
     with pytest.raises(ValueError, match="capacity"):
         build_state(no_auth=True, faults={"capacity": -2})
+
+
+# --- over real sockets --------------------------------------------------------------
+
+PAT = "dapi-states"
+INVOKE = f"/serving-endpoints/{EP}/invocations"
+DETAIL = f"/api/2.0/serving-endpoints/{EP}"
+ROWS: list[dict[str, object]] = [{"amount": 12.5}, {"amount": -4}]
+BODY: dict[str, object] = {"dataframe_records": ROWS}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def server(clock: FakeClock) -> Iterator[EmulatorServer]:
+    with EmulatorServer(EmulatorState(pat_tokens={PAT}, clock=clock)) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server: EmulatorServer) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {PAT}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+def put_faults(http: httpx.Client, patch: dict[str, object]) -> dict[str, object]:
+    response = http.put("/_emulator/faults", json=patch)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+@pytest.mark.parametrize(
+    ("patch", "status", "error"),
+    [
+        (
+            {"not_found_for_s": 30},
+            404,
+            {
+                "error_code": "RESOURCE_DOES_NOT_EXIST",
+                "message": f"Endpoint with name '{EP}' does not exist.",
+            },
+        ),
+        (
+            {"forbidden_for_s": 30},
+            403,
+            {
+                "error_code": "PERMISSION_DENIED",
+                "message": f"User does not have permission to query serving endpoint '{EP}'.",
+            },
+        ),
+    ],
+)
+def test_route_error_outage_covers_invocations_and_the_get(
+    http: httpx.Client,
+    clock: FakeClock,
+    patch: dict[str, object],
+    status: int,
+    error: dict[str, str],
+) -> None:
+    put_faults(http, patch)
+    responses = [http.post(INVOKE, json=BODY), http.get(DETAIL), http.post(INVOKE, json={})]
+    assert [(r.status_code, r.json()) for r in responses] == [(status, error)] * 3
+    clock.advance(30)
+    assert http.post(INVOKE, json=BODY).status_code == 200
+    assert http.get(DETAIL).json()["state"]["ready"] == "READY"
+    counted = http.get("/_emulator/stats").json()["requests_by_status"]
+    assert counted == {str(status): 3, "200": 2}
+
+
+def test_scale_from_zero_is_503_and_not_ready_then_ready(
+    http: httpx.Client, clock: FakeClock
+) -> None:
+    put_faults(http, {"scale_from_zero_s": 20, "retry_after_s": 3})
+    cold = http.post(INVOKE, json=BODY)
+    assert cold.status_code == 503
+    assert cold.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert "scaling up from zero" in cold.json()["message"]
+    assert cold.headers["retry-after"] == "3"
+    detail = http.get(DETAIL).json()
+    assert detail["state"] == {"ready": "NOT_READY", "config_update": "NOT_UPDATING"}
+    entity = detail["config"]["served_entities"][0]
+    assert entity["scale_to_zero_enabled"] is True
+    assert entity["state"]["deployment"] == "DEPLOYMENT_CREATING"
+    clock.advance(20)
+    assert http.post(INVOKE, json=BODY).json() == {"predictions": [score(r) for r in ROWS]}
+    detail = http.get(DETAIL).json()
+    assert detail["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}
+    entity = detail["config"]["served_entities"][0]
+    assert (entity["scale_to_zero_enabled"], entity["state"]["deployment"]) == (
+        True,
+        "DEPLOYMENT_READY",
+    )
+
+
+def test_reject_all_fails_every_request_until_switched_off(
+    http: httpx.Client, clock: FakeClock
+) -> None:
+    put_faults(http, {"reject_all": True})
+    bodies: list[dict[str, object]] = [BODY, {"instances": [1]}, {"inputs": {"a": [1, 2]}}]
+    for body in bodies:
+        response = http.post(INVOKE, json=body)
+        assert response.status_code == 400
+        assert response.json() == {
+            "error_code": "BAD_REQUEST",
+            "message": "Model is missing inputs ['new_feature'].",
+        }
+    assert http.get(DETAIL).json()["state"]["ready"] == "READY"  # the endpoint is up
+    put_faults(http, {"reject_all": False, "reject_all_for_s": 10})
+    assert http.post(INVOKE, json=BODY).status_code == 400
+    clock.advance(10)
+    assert http.post(INVOKE, json=BODY).status_code == 200
+    assert http.get("/_emulator/stats").json()["rows_scored"] == 2
+
+
+class GatedModel:
+    """A served model whose every predict waits for :attr:`gate`, so a test decides
+    when admitted invocations finish; it counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+        self.running = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def predict(self, rows: list[dict[str, object]]) -> list[object]:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        self.entered.release()
+        try:
+            if not self.gate.wait(60):
+                raise RuntimeError("the test never opened the gate")
+            return [score(row) for row in rows]
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def wait_entered(self, count: int) -> None:
+        for _ in range(count):
+            assert self.entered.acquire(timeout=60), "an admitted invocation never ran"
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[GatedModel, httpx.Client]]:
+    model = GatedModel()
+    state = EmulatorState(
+        pat_tokens={PAT}, model=ServedModel(name=f"{EP}-1", predict=model.predict)
+    )
+    headers = {"Authorization": f"Bearer {PAT}"}
+    with (
+        EmulatorServer(state) as server,
+        httpx.Client(base_url=server.url, headers=headers, timeout=60) as http,
+    ):
+        try:
+            yield model, http
+        finally:
+            model.gate.set()  # before the server stops: it waits for requests in flight
+
+
+def test_capacity_429s_concurrent_invocations_beyond_it(
+    gated: tuple[GatedModel, httpx.Client],
+) -> None:
+    model, http = gated
+    put_faults(http, {"capacity": 3})
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(http.post, INVOKE, json=BODY) for _ in range(8)]
+        model.wait_entered(3)
+        # Admitted invocations cannot finish before the gate opens, so the first five
+        # answers are all the refusals, and no slot was freed while they were decided.
+        done = as_completed(futures, timeout=60)
+        refused = [next(done).result() for _ in range(5)]
+        assert [r.status_code for r in refused] == [429] * 5
+        assert {r.json()["error_code"] for r in refused} == {"REQUEST_LIMIT_EXCEEDED"}
+        model.gate.set()
+        answered = [future.result(timeout=60) for future in futures]
+    assert sorted(r.status_code for r in answered) == [200] * 3 + [429] * 5
+    assert model.peak == 3
+    stats = http.get("/_emulator/stats").json()
+    assert stats["rejected_over_capacity"] == 5
+    assert stats["peak_admitted_in_progress"] == 3
+    assert stats["requests_by_status"] == {"200": 3, "429": 5}
+
+
+def test_halving_capacity_applies_to_the_next_invocation(
+    gated: tuple[GatedModel, httpx.Client],
+) -> None:
+    model, http = gated
+    assert put_faults(http, {"capacity": 4})["capacity"] == 4
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        held = [pool.submit(http.post, INVOKE, json=BODY) for _ in range(3)]
+        model.wait_entered(3)
+        assert put_faults(http, {"capacity": 2})["capacity"] == 2
+        assert http.post(INVOKE, json=BODY).status_code == 429  # 3 in progress, 2 allowed
+        model.gate.set()
+        assert [f.result(timeout=60).status_code for f in held] == [200] * 3
+    assert http.post(INVOKE, json=BODY).status_code == 200  # the slots were given back
+    stats = http.get("/_emulator/stats").json()
+    assert (stats["peak_admitted_in_progress"], stats["rejected_over_capacity"]) == (3, 1)
+
+
+def test_emulate_command_starts_in_the_states_its_flags_name(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bridge", "emulate", "--port", "0", "--no-auth"]
+    flags = ["--capacity", "1", "--forbidden-for", "600", "--scale-from-zero", "600"]
+    with (
+        (tmp_path / "stderr").open("wb") as stderr,
+        subprocess.Popen(
+            [*command, *flags, "--reject-all"], stdout=subprocess.PIPE, stderr=stderr, text=True
+        ) as process,
+    ):
+        try:
+            assert process.stdout is not None
+            line = process.stdout.readline()  # printed once the socket accepts connections
+            assert line.startswith("emulator listening on "), (tmp_path / "stderr").read_text()
+            with httpx.Client(base_url=line.split()[-1], timeout=30) as http:
+                assert http.post(INVOKE, json=BODY).status_code == 403
+                assert http.get(DETAIL).status_code == 403
+                assert put_faults(http, {"forbidden_for_s": 0})["capacity"] == 1
+                assert http.get(DETAIL).json()["state"]["ready"] == "NOT_READY"
+                assert http.post(INVOKE, json=BODY).status_code == 503
+                put_faults(http, {"scale_from_zero_s": 0})
+                assert http.post(INVOKE, json=BODY).status_code == 400
+                put_faults(http, {"reject_all": False})
+                assert http.post(INVOKE, json=BODY).status_code == 200
+        finally:
+            process.terminate()
+    # uvicorn shuts down gracefully, then re-raises the signal it handled.
+    assert process.returncode in (0, -signal.SIGTERM)
