@@ -1,16 +1,31 @@
 """Bearer tokens for the serving endpoint, as an ``httpx.Auth``.
 
-    TokenSource        where a token comes from (OAuth M2M via authlib, a static PAT, ...)
-    TokenCache         one cached token, refreshed ``leeway`` before expiry, one refresh at a time
+    TokenSource        where a token comes from (OAuth via authlib, databricks-sdk, a PAT)
+    TokenCache         one cached token, refreshed before expiry, one refresh at a time
     BearerAuth         httpx.Auth: adds the header; on 401 forces one refresh and retries once
+    token_answer_error the one place a token endpoint's answer is judged (table below)
 
-The OAuth protocol itself (client authentication, form encoding, RFC 6749 error bodies) is
-authlib's; this module only decides when to ask for a token and what to do with it.
+Every way of not getting a token is an AuthError. ``retriable=False`` is a refusal, a config
+problem that asking again will not fix (start-up fails on it); ``retriable=True`` means the
+identity provider is overloaded or unreachable, and ``retry_after`` keeps its Retry-After:
+
+    answer of the token endpoint                                         retriable
+    error slow_down, temporarily_unavailable, server_error (any status)  yes
+    HTTP 408, 429, 5xx (any body)                                        yes
+    2xx that is not a token (HTML, not a JSON object, no access_token)   yes
+    connect error, timeout (``timeout_s`` bounds the whole answer)       yes
+    error invalid_client, unauthorized_client, invalid_grant,
+      access_denied, invalid_scope, or any other error code              no
+    HTTP 401, 403, and any other 3xx/4xx                                 no
+
+authlib does the protocol (client authentication, the grant's form); its errors drop the
+status and headers, so the answer is judged in its ``access_token_response`` hook instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import warnings
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -18,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
+import structlog
 
 with warnings.catch_warnings():
     # authlib deprecates plain httpx in favour of its httpx2 fork at import; the bridge
@@ -28,8 +44,21 @@ with warnings.catch_warnings():
 
 from bridge.errors import AuthError, SecretError
 from bridge.secrets import Secret
+from bridge.serving import parse_retry_after
 
 Clock = Callable[[], float]
+
+log = structlog.get_logger("bridge.auth")
+
+# Codes meaning "not now". None is among RFC 6749 5.2's token endpoint codes, yet identity
+# providers send them there: slow_down (RFC 8628), server_error, temporarily_unavailable
+# (RFC 6749 4.1.2.1).
+_UNAVAILABLE_CODES = frozenset({"slow_down", "temporarily_unavailable", "server_error"})
+# The refusals named in the table, which databricks-sdk's messages are matched against.
+REFUSAL_CODES = frozenset(
+    {"invalid_client", "unauthorized_client", "invalid_grant", "access_denied", "invalid_scope"}
+)
+_DESCRIPTION_LIMIT = 200
 
 
 @dataclass(frozen=True)
@@ -50,7 +79,19 @@ class TokenSource(Protocol):
 
 
 class TokenCache:
-    """Caches one token; concurrent callers share a single refresh."""
+    """Caches one token; concurrent callers share a single refresh.
+
+    A token is refreshed ``min(leeway_s, lifetime / 4)`` before it expires, its lifetime
+    measured when it arrives. The leeway lets a request that leaves with the token arrive
+    before it expires; a quarter of the lifetime keeps a token whose whole life is shorter
+    than the leeway (3 s against 60) in use for three quarters of it instead of refreshing
+    it before every request.
+
+    A failed refresh is not tried again for the Retry-After the identity provider sent, or
+    ``retry_pause_s``: meanwhile the token in hand is used while it has not expired, and
+    otherwise the failure is raised again with the time left as ``retry_after``, so a down
+    identity provider is asked once per pause, not once per request.
+    """
 
     def __init__(
         self,
@@ -59,33 +100,68 @@ class TokenCache:
         leeway_s: float = 60.0,
         clock: Clock = time.monotonic,
         on_refresh: Callable[[], None] | None = None,
+        retry_pause_s: float = 1.0,
     ) -> None:
         self._source = source
         self._leeway_s = leeway_s
         self._clock = clock
         self._on_refresh = on_refresh
+        self._retry_pause_s = retry_pause_s
         self._token: Token | None = None
+        self._refresh_at = -math.inf
+        self._failure: AuthError | None = None
+        self._retry_at = -math.inf
         self._lock = asyncio.Lock()
         self.refreshes = 0
 
-    def _fresh(self, token: Token | None) -> bool:
-        return token is not None and self._clock() < token.expires_at - self._leeway_s
-
     async def get(self) -> str:
-        """A token valid for at least ``leeway`` more seconds."""
-        token = self._token
-        if self._fresh(token):
-            assert token is not None
-            return token.value
+        """The cached token, refreshed first when it is due."""
+        seen = self._token
+        if seen is not None and self._clock() < self._refresh_at:
+            return seen.value
         async with self._lock:
-            # Another task may have refreshed while this one waited for the lock.
-            if not self._fresh(self._token):
-                self._token = await self._source.fetch()
-                self.refreshes += 1
-                if self._on_refresh is not None:
-                    self._on_refresh()
-            assert self._token is not None
-            return self._token.value
+            current = self._token
+            if current is not None and (current is not seen or self._clock() < self._refresh_at):
+                # Refreshed while this task waited for the lock: as fresh as a token gets.
+                return current.value
+            return await self._refresh(current)
+
+    async def _refresh(self, current: Token | None) -> str:
+        now = self._clock()
+        if now < self._retry_at and self._failure is not None:
+            if current is not None and now < current.expires_at:
+                return current.value
+            failure = self._failure
+            raise AuthError(
+                str(failure), retriable=failure.retriable, retry_after=self._retry_at - now
+            ) from failure
+        try:
+            token = await self._source.fetch()
+        except AuthError as exc:
+            now = self._clock()
+            self._failure = exc
+            self._retry_at = now + (
+                exc.retry_after if exc.retry_after is not None else self._retry_pause_s
+            )
+            if current is None or now >= current.expires_at:
+                raise
+            log.warning(
+                "token_refresh_failed",
+                error=str(exc),
+                retriable=exc.retriable,
+                current_token_valid_s=round(current.expires_at - now, 1),
+            )
+            return current.value
+        now = self._clock()
+        lifetime = max(0.0, token.expires_at - now)
+        self._token = token
+        self._refresh_at = token.expires_at - min(self._leeway_s, lifetime / 4)
+        self._failure = None
+        self._retry_at = -math.inf
+        self.refreshes += 1
+        if self._on_refresh is not None:
+            self._on_refresh()
+        return token.value
 
     def invalidate(self, value: str) -> None:
         """Drop ``value`` if it is still the cached token (a 401 said it is no good)."""
@@ -97,7 +173,11 @@ class TokenCache:
 
 
 class BearerAuth(httpx.Auth):
-    """Adds ``Authorization: Bearer``; a 401 forces one refresh and one retry."""
+    """Adds ``Authorization: Bearer``; a 401 forces one refresh and one retry.
+
+    An AuthError of that refresh propagates as it is, retriable or not, and httpx closes
+    the 401 response on its way out.
+    """
 
     def __init__(self, cache: TokenCache) -> None:
         self._cache = cache
@@ -113,6 +193,56 @@ class BearerAuth(httpx.Auth):
             token = await self._cache.get()
             request.headers["Authorization"] = f"Bearer {token}"
             yield request
+
+
+def token_answer_error(response: httpx.Response) -> AuthError | None:
+    """What is wrong with a token endpoint's answer (see the module's table), or None for a
+    usable token."""
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    body = body if isinstance(body, dict) else {}
+    code = body.get("error") if isinstance(body.get("error"), str) else None
+    if 200 <= status < 300 and code is None:
+        value = body.get("access_token")
+        if isinstance(value, str) and value:
+            return None
+        # Not the body's text: a 2xx body may hold credentials under another name.
+        kind = response.headers.get("Content-Type", "no content type")
+        return AuthError(
+            f"token endpoint answered no access_token: HTTP {status}, {kind}", retriable=True
+        )
+    description = body.get("error_description")
+    return _classify(
+        status,
+        code,
+        description if isinstance(description, str) else None,
+        parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _classify(
+    status: int | None, code: str | None, description: str | None, retry_after: float | None
+) -> AuthError:
+    """The table's rows for an error answer; ``status`` is None when authlib hid it."""
+    what = " ".join(part for part in (f"HTTP {status}" if status else "", code or "") if part)
+    if description:
+        what += f": {' '.join(description.split())[:_DESCRIPTION_LIMIT]}"
+    if code in _UNAVAILABLE_CODES or status in (408, 429) or (status or 0) >= 500:
+        return AuthError(
+            f"token endpoint unavailable: {what}", retriable=True, retry_after=retry_after
+        )
+    return AuthError(f"token endpoint refused: {what}", retriable=False)
+
+
+def _check_token_answer(response: httpx.Response) -> httpx.Response:
+    """authlib's ``access_token_response`` hook: raise unless ``response`` holds a token."""
+    error = token_answer_error(response)
+    if error is not None:
+        raise error
+    return response
 
 
 class StaticTokenSource:
@@ -134,7 +264,9 @@ class OAuthTokenSource:
 
     ``form`` returns the grant's extra form fields at each fetch (so a rotated subject token
     file is re-read); ``assertion``, when given, supplies the jwt-bearer assertion; client
-    credentials go as HTTP Basic when a secret is given.
+    credentials go as HTTP Basic when a secret is given. ``timeout_s`` bounds the whole
+    exchange (httpx's timeouts bound each read, so a token endpoint dripping its answer
+    would otherwise hold the refresh, and every request waiting on it, indefinitely).
     """
 
     def __init__(
@@ -164,6 +296,7 @@ class OAuthTokenSource:
             # No credentials here: they are read at each fetch, so a rotated secret file
             # is picked up without a restart.
             self._client = AsyncOAuth2Client(scope="all-apis", timeout=self._timeout_s)
+            self._client.register_compliance_hook("access_token_response", _check_token_answer)
         return self._client
 
     def _credentials(self) -> tuple[httpx.Auth, dict[str, str]]:
@@ -180,84 +313,43 @@ class OAuthTokenSource:
             auth, fields = self._credentials()
             if self._assertion is not None:
                 # jwt-bearer: the assertion is another token of ours (a workspace token
-                # exchanged for one scoped to a route-optimized endpoint).
+                # exchanged for one scoped to a route-optimized endpoint), bounded by its
+                # own source's timeout.
                 fields["assertion"] = await self._assertion()
-            data: dict[str, Any] = await client.fetch_token(
-                self._token_endpoint,
-                grant_type=self._grant_type,
-                auth=auth,
-                **fields,
-                **self._form(),
-            )
+            fields.update(self._form())
+            async with asyncio.timeout(self._timeout_s):
+                data: dict[str, Any] = await client.fetch_token(
+                    self._token_endpoint, grant_type=self._grant_type, auth=auth, **fields
+                )
         except SecretError as exc:
             # A credential file gone missing may come back (rotation, a remount).
             raise AuthError(f"credential unavailable: {exc}", retriable=True) from exc
-        except OAuthError as exc:
+        except (TimeoutError, httpx.TimeoutException) as exc:
             raise AuthError(
-                f"token endpoint refused: {exc.error}: {exc.description}", retriable=False
+                f"token endpoint timed out: no token within {self._timeout_s:g} s",
+                retriable=True,
             ) from exc
         except httpx.HTTPError as exc:
             raise AuthError(f"token endpoint unreachable: {exc!r}", retriable=True) from exc
-        except ValueError as exc:
-            # authlib raises ValueError-family errors when the body is not a token (5xx pages).
-            raise AuthError(f"token endpoint answered no token: {exc}", retriable=True) from exc
-        value = data.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise AuthError("token endpoint answered without access_token", retriable=True)
-        expires_in = data.get("expires_in")
-        ttl = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
-        return Token(value, self._clock() + ttl)
+        except OAuthError as exc:
+            # Not expected: the hook judges every answer before authlib parses it.
+            raise _classify(None, exc.error, exc.description, None) from exc
+        return Token(data["access_token"], self._clock() + _lifetime(data.get("expires_in")))
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
 
 
+def _lifetime(expires_in: object) -> float:
+    """``expires_in`` in seconds; some identity providers send it as a string."""
+    try:
+        seconds = float(expires_in) if isinstance(expires_in, int | float | str) else math.nan
+    except ValueError:
+        seconds = math.nan
+    # RFC 6749 leaves it optional; Databricks tokens live an hour.
+    return seconds if math.isfinite(seconds) else 3600.0
+
+
 class _NoClientAuth(httpx.Auth):
     """Sends the token request as is (authlib otherwise adds its own client auth)."""
-
-
-class DatabricksSdkTokenSource:
-    """Whatever databricks-sdk unified auth resolves (env, ~/.databrickscfg profile, ...).
-
-    The SDK is synchronous and may do HTTP to get a token, so each fetch runs in a worker
-    thread: the one place the daemon leaves its loop, and only at token refresh. The SDK
-    caches and refreshes its own token; asking it again every ``recheck_s`` costs nothing
-    while that token is valid.
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str | None,
-        profile: str | None,
-        recheck_s: float = 300.0,
-        clock: Clock = time.monotonic,
-    ) -> None:
-        self._host = host
-        self._profile = profile
-        self._recheck_s = recheck_s
-        self._clock = clock
-        self._config: Any = None
-
-    def _authenticate(self) -> dict[str, str]:
-        from databricks.sdk.core import Config as SdkConfig
-        from databricks.sdk.errors.base import DatabricksError
-
-        try:
-            if self._config is None:
-                self._config = SdkConfig(host=self._host, profile=self._profile)
-            headers: dict[str, str] = self._config.authenticate()
-        except (DatabricksError, ValueError) as exc:
-            raise AuthError(f"databricks-sdk auth failed: {exc}", retriable=True) from exc
-        return headers
-
-    async def fetch(self) -> Token:
-        headers = await asyncio.to_thread(self._authenticate)
-        value = headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not value:
-            raise AuthError("databricks-sdk auth produced no bearer token", retriable=False)
-        return Token(value, self._clock() + self._recheck_s)
-
-    async def aclose(self) -> None:
-        return None

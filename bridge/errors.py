@@ -49,11 +49,17 @@ class SecretError(BridgeError):
 
 
 class AuthError(BridgeError):
-    """The identity provider refused or failed to issue a token."""
+    """The identity provider refused or failed to issue a token.
 
-    def __init__(self, message: str, *, retriable: bool) -> None:
+    ``retriable`` is False for a refusal (the credentials or grant are wrong: a config
+    problem) and True when it was overloaded or unreachable; ``retry_after`` is the wait in
+    seconds it asked for, when it did.
+    """
+
+    def __init__(self, message: str, *, retriable: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retriable = retriable
+        self.retry_after = retry_after
 
 
 class EndpointError(BridgeError):

@@ -19,7 +19,6 @@ import structlog
 
 from bridge.auth import (
     BearerAuth,
-    DatabricksSdkTokenSource,
     OAuthTokenSource,
     StaticTokenSource,
     Token,
@@ -28,6 +27,7 @@ from bridge.auth import (
 )
 from bridge.config import Config, RouteSettings, WorkspaceSettings
 from bridge.errors import AuthError, ConfigError, ConfigProblem, SecretError
+from bridge.sdk_auth import DatabricksSdkTokenSource
 from bridge.secrets import Secret
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"

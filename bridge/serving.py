@@ -70,7 +70,12 @@ class ServingClient:
                 f"connection failed: {type(exc).__name__}: {exc}", status=None, retriable=True
             ) from exc
         except AuthError as exc:
-            raise EndpointError(f"no token: {exc}", status=None, retriable=exc.retriable) from exc
+            raise EndpointError(
+                f"no token: {exc}",
+                status=None,
+                retriable=exc.retriable,
+                retry_after=exc.retry_after,
+            ) from exc
         except SecretError as exc:
             # A credential file gone missing may come back (rotation, a remount): retry.
             raise EndpointError(f"no token: {exc}", status=None, retriable=True) from exc
