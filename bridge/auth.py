@@ -101,8 +101,12 @@ class TokenCache:
         clock: Clock = time.monotonic,
         on_refresh: Callable[[], None] | None = None,
         retry_pause_s: float = 1.0,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
         self._source = source
+        # Told every token as it arrives, before any use: the redactor's register_token,
+        # so an error that echoes the token can be scrubbed wherever it is printed.
+        self._on_token = on_token
         self._leeway_s = leeway_s
         self._clock = clock
         self._on_refresh = on_refresh
@@ -152,6 +156,8 @@ class TokenCache:
                 current_token_valid_s=round(current.expires_at - now, 1),
             )
             return current.value
+        if self._on_token is not None:
+            self._on_token(token.value)
         now = self._clock()
         lifetime = max(0.0, token.expires_at - now)
         self._token = token

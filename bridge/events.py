@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from bridge.pulsar_io import Received
+from bridge.redaction import Redactor, scrub
 
 
 class Event:
@@ -71,14 +72,18 @@ def result_message(
     return orjson.dumps(body), properties
 
 
-def dead_letter_message(received: Received, *, route: str, reason: str) -> dict[str, str]:
+def dead_letter_message(
+    received: Received, *, route: str, reason: str, redactor: Redactor | None = None
+) -> dict[str, str]:
     """Properties for a dead-lettered event: the original ones plus why and where from.
 
     The payload is the original bytes, untouched, so the event can be replayed as it was.
+    The reason often quotes a peer (an endpoint's error body may echo the request's token),
+    so it passes the process's ``redactor`` (credential shapes only without one).
     """
     return {
         **received.properties,
-        "error": reason,
+        "error": redactor.redact(reason) if redactor is not None else scrub(reason),
         "route": route,
         "source_topic": received.topic,
         "source_message_id": received.message_id,

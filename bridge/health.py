@@ -15,6 +15,9 @@ bind (the socket is bound here first, so a busy port is a :class:`BridgeError` a
 
 A loop that is blocked outright cannot answer /healthz at all, which the prober sees as a
 timeout; the heartbeat lag catches the slower failures: a starved loop or a dead task.
+
+Every answer passes the daemon's :class:`~bridge.redaction.Redactor` on its way out: route
+errors and endpoint reasons quote peers, and a peer may echo the token it was sent.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from starlette.routing import Route
 from bridge.addresses import parse_bind as parse_bind  # re-exported for status
 from bridge.errors import BridgeError
 from bridge.observe import RouteMetrics
+from bridge.redaction import Redactor, redact_json, scrub
 
 log = structlog.get_logger("bridge.health")
 
@@ -137,8 +141,11 @@ class EndpointStateProbe:
         ttl_s: float = 30.0,
         timeout_s: float = 5.0,
         clock: Clock = time.monotonic,
+        redactor: Redactor | None = None,
     ) -> None:
         self.endpoint = endpoint
+        # The reasons quote the workspace API, which may echo the token (a 403 naming it).
+        self._redact = redactor.redact if redactor is not None else scrub
         self.url = f"{host.rstrip('/')}/api/2.0/serving-endpoints/{quote(endpoint, safe='')}"
         self._http = http
         self._auth = auth
@@ -163,7 +170,7 @@ class EndpointStateProbe:
         try:
             response = await self._http.get(self.url, auth=self._auth, timeout=self._timeout)
         except (httpx.HTTPError, BridgeError) as exc:  # BridgeError: the auth flow's AuthError
-            return EndpointReadiness(UNKNOWN, _clip(f"{type(exc).__name__}: {exc}"))
+            return EndpointReadiness(UNKNOWN, self._reason(f"{type(exc).__name__}: {exc}"))
         try:
             body: Any = response.json()
         except ValueError:
@@ -173,12 +180,16 @@ class EndpointStateProbe:
             detail = body if isinstance(body, dict) else {}
             words = [str(detail[k]) for k in ("error_code", "message") if detail.get(k)]
             reason = ": ".join([f"HTTP {response.status_code}", *words])
-            return EndpointReadiness(UNKNOWN, _clip(reason))
+            return EndpointReadiness(UNKNOWN, self._reason(reason))
         state = body.get("state") if isinstance(body, dict) else None
         ready = state.get("ready") if isinstance(state, dict) else None
         if not isinstance(ready, str):
             return EndpointReadiness(UNKNOWN, "response has no state.ready")
-        return EndpointReadiness(ready)
+        return EndpointReadiness(self._redact(ready))
+
+    def _reason(self, text: str) -> str:
+        # Redacted before it is clipped: a token cut in two no longer matches its value.
+        return _clip(self._redact(text))
 
 
 def _clip(text: str) -> str:
@@ -190,27 +201,35 @@ def create_app(
     registry: CollectorRegistry,
     *,
     lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
+    redactor: Redactor | None = None,
 ) -> Starlette:
-    """The ASGI app behind :class:`HealthServer`."""
+    """The ASGI app behind :class:`HealthServer`; every answer passes ``redactor``."""
+    redact = redactor.redact if redactor is not None else scrub
+
+    def answer(content: Any, status_code: int = 200) -> Response:
+        """The one way this app answers JSON: every string in it redacted."""
+        return JSONResponse(redact_json(content, redact), status_code=status_code)
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # Label values come from the config, not from peers; redacted all the same.
+        text = redact(generate_latest(registry).decode("utf-8"), multiline=True)
+        return Response(text.encode("utf-8"), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         lag = view.loop_lag_s()
         if lag < lag_threshold_s:
-            return JSONResponse({"status": "ok"})
+            return answer({"status": "ok"})
         reason = f"event loop heartbeat is {lag:.1f}s old (limit {lag_threshold_s:g}s)"
-        return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+        return answer({"status": "unhealthy", "reason": reason}, status_code=503)
 
     async def readyz(request: Request) -> Response:
-        reasons = await _unready_reasons(view)
+        reasons = await _unready_reasons(view, redact)
         if reasons:
-            return JSONResponse({"ready": False, "reasons": reasons}, status_code=503)
-        return JSONResponse({"ready": True})
+            return answer({"ready": False, "reasons": reasons}, status_code=503)
+        return answer({"ready": True})
 
     async def status(request: Request) -> Response:
-        return JSONResponse(
+        return answer(
             {
                 "uptime_s": round(view.uptime_s(), 3),
                 "broker_connected": view.broker_connected(),
@@ -229,7 +248,7 @@ def create_app(
     )
 
 
-async def _unready_reasons(view: DaemonView) -> list[str]:
+async def _unready_reasons(view: DaemonView, redact: Callable[[str], str]) -> list[str]:
     reasons = [] if view.broker_connected() else ["broker: not connected"]
     for route in view.routes:
         if not route.subscribed:
@@ -239,7 +258,7 @@ async def _unready_reasons(view: DaemonView) -> list[str]:
     try:
         states = await view.endpoint_states()
     except Exception as exc:  # a bug behind the view must read as "not ready", not as a 500
-        return [*reasons, _clip(f"endpoint states: {type(exc).__name__}: {exc}")]
+        return [*reasons, _clip(redact(f"endpoint states: {type(exc).__name__}: {exc}"))]
     for name, readiness in sorted(states.items()):
         if readiness is not None and not readiness.ready:
             why = f" ({readiness.reason})" if readiness.reason else ""
@@ -296,9 +315,10 @@ class HealthServer:
         bind: str,
         *,
         lag_threshold_s: float = DEFAULT_LAG_THRESHOLD_S,
+        redactor: Redactor | None = None,
     ) -> None:
         self.bind = bind
-        self._app = create_app(view, registry, lag_threshold_s=lag_threshold_s)
+        self._app = create_app(view, registry, lag_threshold_s=lag_threshold_s, redactor=redactor)
         self._server: _GuestServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._address: tuple[str, int] | None = None

@@ -1,9 +1,10 @@
 """Logs and metrics: structlog configuration and the Prometheus metrics of every route.
 
 Logs are JSON lines on stdout (journald-friendly) or a console rendering at a terminal.
-A redaction processor drops anything that looks like a credential before rendering, as a
-second line of defence behind :class:`~bridge.secrets.Secret`. Metrics live in a
-registry owned by the daemon (no module-level collectors), labelled by route.
+Every value of every line (stdlib records and tracebacks included) passes the process's
+:class:`~bridge.redaction.Redactor` before rendering, as a second line of defence behind
+:class:`~bridge.secrets.Secret`. Metrics live in a registry owned by the daemon (no
+module-level collectors), labelled by route.
 """
 
 from __future__ import annotations
@@ -12,46 +13,117 @@ import io
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any, Literal
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from bridge.redaction import REDACTED, Redactor, scrub
+
 _SENSITIVE_KEYS = re.compile(r"(token|secret|password|authorization|credential)", re.I)
-_BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
+_NOT_SENSITIVE = frozenset({"token_refreshes"})
+# Written by the processors before redaction, or structlog's own bookkeeping.
+_OWN_KEYS = frozenset({"timestamp", "level", "_record", "_from_structlog"})
+# Made of lines: newlines stay (the JSON renderer escapes them anyway).
+_MULTILINE_KEYS = frozenset({"exception", "stack"})
+
+Processor = Callable[[Any, str, MutableMapping[str, Any]], Any]
 
 
-def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event_dict.items()):
-        if _SENSITIVE_KEYS.search(key) and key not in ("token_refreshes",):
-            event_dict[key] = "**********"
-        elif isinstance(value, str) and "earer" in value:
-            event_dict[key] = _BEARER.sub(r"\1**********", value)
-    return event_dict
+class _Redact:
+    """The structlog processor that puts every value of a log line through the redactor.
+
+    Keys that name a credential are blanked whatever their value; every other string,
+    nested ones included, goes through :meth:`~bridge.redaction.Redactor.redact`; values
+    of other types that are not plain JSON are rendered with ``repr`` first, as the
+    renderers would, so they cannot slip past.
+    """
+
+    def __init__(self, redactor: Redactor | None) -> None:
+        self._redact = redactor.redact if redactor is not None else scrub
+        # Keys come from the code, a few dozen of them: each is judged once.
+        self._key_kind: dict[str, int] = {}
+
+    def __call__(
+        self, _: Any, __: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in list(event_dict.items()):
+            kind = self._key_kind.get(key)
+            if kind is None:
+                kind = self._key_kind[key] = _kind_of(key)
+            if kind == _OWN or value is None or isinstance(value, _PLAIN):
+                continue
+            if kind == _SENSITIVE:
+                event_dict[key] = REDACTED
+            elif isinstance(value, str):
+                event_dict[key] = self._redact(value, multiline=kind == _MULTILINE)
+            else:
+                event_dict[key] = self._nested(value)
+        return event_dict
+
+    def _nested(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._redact(value)
+        if value is None or isinstance(value, _PLAIN):
+            return value
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._nested(item) for item in value]
+        if isinstance(value, dict):
+            return {self._redact(str(k)): self._nested(v) for k, v in value.items()}
+        return self._redact(repr(value))
+
+
+_OWN, _SENSITIVE, _MULTILINE, _ONE_LINE = range(4)
+_PLAIN = (bool, int, float)
+
+
+def _kind_of(key: str) -> int:
+    if key in _OWN_KEYS:
+        return _OWN
+    if _SENSITIVE_KEYS.search(key) and key not in _NOT_SENSITIVE:
+        return _SENSITIVE
+    return _MULTILINE if key in _MULTILINE_KEYS else _ONE_LINE
+
+
+def log_pipeline(
+    fmt: Literal["json", "console"], redactor: Redactor | None = None
+) -> tuple[list[Processor], Processor]:
+    """The processors every log line passes (structlog's and stdlib records alike), and
+    the renderer. Exceptions are formatted before redaction, so a traceback's text is
+    redacted too (and a console renderer never prints local variables)."""
+    renderer: Processor = (
+        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
+    )
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _Redact(redactor),
+    ]
+    return shared, renderer
 
 
 def configure_logging(
-    fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: str = "info",
+    redactor: Redactor | None = None,
 ) -> None:
-    """Configure structlog (and stdlib logging, for libraries that use it) once."""
+    """Configure structlog (and stdlib logging, for libraries that use it) once.
+
+    ``redactor`` is the process's one :class:`~bridge.redaction.Redactor`, which knows the
+    secrets and tokens by value; without it only credential shapes are hidden.
+    """
     # Line-buffered even into a pipe: journald and supervisors should see each line as it
     # happens, and a crash must not swallow the last buffered lines.
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     if fmt == "auto":
         fmt = "console" if sys.stdout.isatty() else "json"
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer() if fmt == "console" else structlog.processors.JSONRenderer()
-    )
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
-    ]
+    shared, renderer = log_pipeline(fmt, redactor)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
@@ -65,6 +137,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # Python warnings would go to stderr as they are; as log records they are redacted.
+    logging.captureWarnings(True)
 
 
 class Metrics:
