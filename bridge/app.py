@@ -22,7 +22,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -37,7 +37,13 @@ from bridge.health import (
     HealthServer,
     LoopHeartbeat,
 )
-from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
+from bridge.identity import (
+    WorkspaceAuth,
+    build_workspace_auth,
+    invocation_url,
+    resolve_endpoint,
+)
+from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit, Limit
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.relay import Route
@@ -66,6 +72,9 @@ class Bridge:
         self._running: dict[str, tuple[Route, asyncio.Future[None]]] = {}
         self._probes: dict[str, EndpointStateProbe] = {}
         self._auths: dict[str | None, WorkspaceAuth] = {}
+        # One limiter per endpoint (URL and identity), shared by the routes calling it.
+        self._limiters: dict[tuple[str, str | None], EndpointLimiter] = {}
+        self._pauses_counted: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._started = time.monotonic()
@@ -136,11 +145,9 @@ class Bridge:
             if health is not None:
                 await health.start()
                 log.info("http_listening", url=health.url)
-            self._auths = self._build_auths(self.config, {})
-            await _first_tokens(self._auths)
-            self._pulsar = PulsarConnection(self.config.bridge.pulsar)
-            for settings in self.config.routes:
-                await self._start_route(settings)
+            if not await self._unless_stopped(self._start()):
+                log.info("stopping", reason="signal during start-up")
+                return 0
             _freeze_startup_objects()
             log.info("ready", routes=sorted(self._running))
             self._notifier.ready(f"{len(self._running)} route(s) running")
@@ -153,6 +160,28 @@ class Bridge:
             await self._shutdown()
             if health is not None:
                 await health.stop()
+
+    async def _start(self) -> None:
+        self._auths = self._build_auths(self.config, {})
+        await _first_tokens(self._auths)
+        self._pulsar = PulsarConnection(self.config.bridge.pulsar)
+        # Concurrently: one slow workspace API or topic must not hold the other routes.
+        await _all_or_first_error(self._start_route(s) for s in self.config.routes)
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` unless a stop signal comes first (then cancel it); True if it ran."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()  # a start-up failure raises here
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return False
 
     async def _supervise(self) -> int:
         """Wait for a signal or a failed route; handle reloads in between."""
@@ -245,7 +274,16 @@ class Bridge:
             timeout_s=settings.endpoint.timeout_s,
             retry_statuses=settings.failure.retry_statuses,
         )
-        route = Route(settings, serving, self.metrics, on_close=target.aclose)
+        if target.missing is not None:
+            log.warning("route_starts_paused", route=settings.name, reason=target.missing)
+        route = Route(
+            settings,
+            serving,
+            self.metrics,
+            limiter=self._limiter_for(settings),
+            on_close=target.aclose,
+            paused_because=target.missing,
+        )
         try:
             await route.open(self._pulsar)
         except BridgeError:
@@ -253,6 +291,41 @@ class Bridge:
             self._probes.pop(settings.name, None)
             raise
         self._running[settings.name] = (route, asyncio.ensure_future(route.run()))
+
+    def _limiter_for(self, settings: RouteSettings) -> EndpointLimiter:
+        """The endpoint's shared limiter; its bounds cover every route that calls it."""
+        key = (invocation_url(self.config, settings), settings.endpoint.workspace)
+        limiter = self._limiters.get(key)
+        if limiter is None:
+            sharing = [
+                r.endpoint
+                for r in self.config.routes
+                if (invocation_url(self.config, r), r.endpoint.workspace) == key
+            ] or [settings.endpoint]
+            ceiling = max(e.max_in_flight for e in sharing)
+            limit: Limit = FixedLimit(ceiling)
+            if any(e.concurrency == "adaptive" for e in sharing):
+                limit = AdaptiveLimit(min(e.min_in_flight for e in sharing), ceiling)
+            label = settings.endpoint.name or key[0]
+            limiter = EndpointLimiter(
+                label,
+                limit,
+                requests_per_s=_lowest(e.max_requests_per_s for e in sharing),
+                events_per_s=_lowest(e.max_events_per_s for e in sharing),
+                max_batch_events=max(r.batch.max_events for r in self.config.routes),
+                on_change=self._limiter_changed,
+            )
+            self._limiters[key] = limiter
+            self._limiter_changed(limiter)
+        return limiter
+
+    def _limiter_changed(self, limiter: EndpointLimiter) -> None:
+        self.metrics.endpoint_limit.labels(limiter.name).set(limiter.limit.current)
+        self.metrics.endpoint_in_flight.labels(limiter.name).set(limiter.in_flight)
+        counted = self._pauses_counted.get(limiter.name, 0)
+        if limiter.pauses > counted:
+            self.metrics.endpoint_pauses.labels(limiter.name).inc(limiter.pauses - counted)
+            self._pauses_counted[limiter.name] = limiter.pauses
 
     async def _stop_route(self, name: str) -> None:
         route, task = self._running.pop(name)
@@ -302,6 +375,19 @@ def _limits(config: Config) -> httpx.Limits:
     # and readiness probes; more than that would only queue at the endpoint.
     size = sum(r.endpoint.max_in_flight for r in config.routes) + 8
     return httpx.Limits(max_connections=size, max_keepalive_connections=size)
+
+
+def _lowest(values: Iterable[float | None]) -> float | None:
+    given = [v for v in values if v is not None]
+    return min(given) if given else None
+
+
+async def _all_or_first_error(starts: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Await every start; if any failed, raise the first failure (after all have ended)."""
+    outcomes = await asyncio.gather(*starts, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 def _workspace(config: Config, name: str | None) -> Any:

@@ -66,8 +66,9 @@ class EndpointError(BridgeError):
     """A call to the serving endpoint failed.
 
     ``status`` is the HTTP status (None for connect errors and timeouts), ``retriable``
-    whether the same request may succeed later, and ``retry_after`` the server's requested
-    wait in seconds when it sent one.
+    whether the same request may succeed later, ``retry_after`` the server's requested
+    wait in seconds when it sent one, and ``timeout`` whether the request ran out of time
+    (an overloaded endpoint) rather than failing to connect or being refused.
     """
 
     def __init__(
@@ -77,12 +78,14 @@ class EndpointError(BridgeError):
         status: int | None,
         retriable: bool,
         retry_after: float | None = None,
+        timeout: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.retriable = retriable
         self.retry_after = retry_after
+        self.timeout = timeout
 
     @property
     def reason(self) -> str:
@@ -92,7 +95,8 @@ class EndpointError(BridgeError):
 
 
 class ResponseShapeError(EndpointError):
-    """A 200 response whose predictions cannot be matched one-to-one with the batch."""
+    """A 200 response whose predictions cannot be matched one-to-one with the batch (not
+    JSON, the wrong shape, too large or too deeply nested): the batch is bisected."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, status=200, retriable=False)

@@ -7,6 +7,7 @@ on the same workspace share one token and one refresh.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -146,6 +147,9 @@ class EndpointTarget:
     auth: httpx.Auth | None
     route_optimized: bool = False
     cache: TokenCache | None = None
+    # Set when Databricks says the endpoint does not exist or may not be read: the route
+    # starts paused and probes instead of failing every event.
+    missing: str | None = None
 
     async def aclose(self) -> None:
         if self.cache is not None:
@@ -173,9 +177,9 @@ async def resolve_endpoint(
     host = (config.workspace_for(route).host or "").rstrip("/")
     if cache is None or not host:
         return EndpointTarget(url, auth)
-    details = await _describe(http, host, route.endpoint.name, auth)
+    details, missing = await _describe(http, host, route.endpoint.name, auth)
     if details is None or not details.get("route_optimized"):
-        return EndpointTarget(url, auth)
+        return EndpointTarget(url, auth, missing=missing)
     data_plane = _data_plane_url(details)
     endpoint_id = details.get("id")
     if data_plane is None or not isinstance(endpoint_id, str):
@@ -249,23 +253,33 @@ class _RefreshRefusedAssertion:
         await self._source.aclose()
 
 
+# Start-up waits on this describe; a hanging workspace API must not hold the route long.
+DESCRIBE_TIMEOUT_S = 10.0
+
+
 async def _describe(
     http: httpx.AsyncClient, host: str, name: str, auth: httpx.Auth | None
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The endpoint's details, or None; and why it is missing, when Databricks says so."""
     url = f"{host}/api/2.0/serving-endpoints/{quote(name, safe='')}"
     try:
-        response = await http.get(url, auth=auth or httpx.USE_CLIENT_DEFAULT, timeout=30.0)
-    except (httpx.HTTPError, AuthError, SecretError) as exc:
-        log.warning("endpoint_describe_failed", endpoint=name, error=str(exc))
-        return None
+        async with asyncio.timeout(DESCRIBE_TIMEOUT_S):
+            response = await http.get(url, auth=auth or httpx.USE_CLIENT_DEFAULT)
+    except (httpx.HTTPError, AuthError, SecretError, TimeoutError) as exc:
+        error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        log.warning("endpoint_describe_failed", endpoint=name, error=error)
+        return None, None
     if response.status_code != 200:
         log.warning("endpoint_describe_failed", endpoint=name, status=response.status_code)
-        return None
+        if response.status_code in (403, 404):
+            word = "does not exist" if response.status_code == 404 else "may not be read"
+            return None, f"endpoint {name!r} {word} (HTTP {response.status_code} at start-up)"
+        return None, None
     try:
         body = response.json()
     except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
+        return None, None
+    return (body if isinstance(body, dict) else None), None
 
 
 def _data_plane_url(details: dict[str, Any]) -> str | None:

@@ -176,8 +176,36 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("bridge_in_flight", "Requests outstanding", ["route"], registry=r)
-        self.circuit_open = Gauge(
-            "bridge_circuit_open", "1 while the endpoint circuit is open", ["route"], registry=r
+        self.route_paused = Gauge(
+            "bridge_route_paused",
+            "1 while the route is paused, by why: down, route (error), storm",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.route_pauses = Counter(
+            "bridge_route_pauses", "Times the route paused, by why", ["route", "kind"], registry=r
+        )
+        self.request_queue_seconds = Histogram(
+            "bridge_request_queue_seconds",
+            "Time a request waited for the endpoint's limits (slots, Retry-After, rates)",
+            ["route"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+        self.endpoint_limit = Gauge(
+            "bridge_endpoint_concurrency_limit",
+            "Requests the endpoint may have at once now (adaptive limit)",
+            ["endpoint"],
+            registry=r,
+        )
+        self.endpoint_in_flight = Gauge(
+            "bridge_endpoint_in_flight", "Requests at the endpoint now", ["endpoint"], registry=r
+        )
+        self.endpoint_pauses = Counter(
+            "bridge_endpoint_pauses",
+            "Retry-After pauses of every request to the endpoint",
+            ["endpoint"],
+            registry=r,
         )
         self.token_refreshes = Counter(
             "bridge_token_refreshes", "OAuth tokens fetched", ["workspace"], registry=r
@@ -207,7 +235,7 @@ class RouteMetrics:
         self._latency = metrics.request_seconds.labels(route)
         self._batch = metrics.batch_events.labels(route)
         self.in_flight = metrics.in_flight.labels(route)
-        self.circuit_open = metrics.circuit_open.labels(route)
+        self._queue = metrics.request_queue_seconds.labels(route)
         self.events_in = 0
         self.results_out = 0
         self.dead_lettered = 0
@@ -242,6 +270,17 @@ class RouteMetrics:
         self._metrics.requests.labels(self.route, str(status or "error")).inc()
         if latency_s is not None:
             self._latency.observe(latency_s)
+
+    def queued(self, seconds: float) -> None:
+        self._queue.observe(seconds)
+
+    def paused(self, kind: str | None, previous: str | None) -> None:
+        """The route paused (``kind``) or resumed (None)."""
+        if previous is not None:
+            self._metrics.route_paused.labels(self.route, previous).set(0)
+        if kind is not None:
+            self._metrics.route_paused.labels(self.route, kind).set(1)
+            self._metrics.route_pauses.labels(self.route, kind).inc()
 
     def batch(self, size: int) -> None:
         self._batch.observe(size)

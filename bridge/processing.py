@@ -1,26 +1,26 @@
 """One batch, from request to settled events: score, publish results, then ack.
 
-Every event of a batch ends in exactly one of three ways, and only these:
+Every event of a batch ends through :class:`~bridge.settle.Settler` (result then ack,
+dead letter then ack, or nack). What a failed request does depends on what it says
+(:func:`~bridge.retry.classify`):
 
-* its result is published and confirmed, then the event is acked;
-* it is dead-lettered (published to the DLQ with an ``error`` reason), then acked;
-* it is nacked, so Pulsar redelivers it later.
+* **event** (400, 413, 422, a 200 that cannot be mapped): the batch is bisected so only
+  the offending events are rejected; at most log2(batch) extra requests per bad event.
+  A batch whose *every* event is rejected waits for the :class:`~bridge.storm.StormGuard`'s
+  verdict: poison (dead-lettered) or a storm (the route pauses as for a route error).
+* **overload** (429, 503, 504, timeouts) and **transient** (500, 502, connection errors,
+  token endpoint unavailable): retried with backoff, ``Retry-After`` pausing the whole
+  endpoint; the batch is held, never dead-lettered, and enough failures in a row pause the
+  route. Only a batch that keeps failing *while the endpoint answers others* is suspected:
+  it is bisected, and a single event still failing alone after ``max_redeliveries`` rounds
+  is dead-lettered with the reason.
+* **route** (401 after a fresh token, 403, 404, 3xx, other 4xx, refused credentials):
+  the route pauses at once and the batch is held until a probe succeeds.
 
-Failures sort as follows. A retriable failure (429, 5xx, connection errors) is retried in
-the bridge a few times (:class:`~bridge.retry.RetryPolicy`); if the circuit opens
-meanwhile the batch probes until the endpoint is back instead of spending redeliveries.
-When retries are spent the events are handed back: nacked, or dead-lettered once they
-have been redelivered ``max_redeliveries`` times. An *event* error (400, 413, 422, or a
-200 whose predictions do not line up) is bisected so only the offending events are
-dead-lettered; that costs at most log2(batch) extra requests per bad event. Any other
-permanent status (401 after a fresh token, 403, 404) says the route is broken, not the
-events: they are handed back like a transient failure, so nothing is lost to a
-misconfiguration and the reason shows in the logs and, eventually, in the DLQ.
-
-On the way out, a result the broker can never take (larger than its message size limit)
+Requests go through the endpoint's shared :class:`~bridge.limiter.EndpointLimiter` and the
+route's own ``max_in_flight``. On the way out, a result the broker can never take
 dead-letters its event; a result the broker did not confirm leaves its event unacked:
-nacked, or on an ordered route sent again in place until the broker takes it (the
-broker's absence never dead-letters an event).
+nacked, or on an ordered route sent again in place until the broker takes it.
 """
 
 from __future__ import annotations
@@ -29,25 +29,30 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
-from functools import partial
 from typing import Any
 
 import orjson
 import structlog
 
 from bridge.config import RouteSettings
-from bridge.errors import BrokerError, EndpointError, ResponseShapeError, ResultRejected
-from bridge.events import Event, dead_letter_message, result_message
+from bridge.errors import EndpointError, ResultRejected, ShutdownRequested
+from bridge.events import Event, result_message
 from bridge.formats import build_body, predictions_of
+from bridge.gate import ROUTE, STORM, RouteGate
+from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
-from bridge.pulsar_io import OutgoingMessage, Publisher, Received, Source
-from bridge.retry import Circuit, RetryPolicy
+from bridge.pulsar_io import OutgoingMessage, Publisher
+from bridge.retry import Failure, RetryPolicy, classify
 from bridge.serving import Invocation, ServingClient
+from bridge.settle import Settler
+from bridge.stopping import sleep_unless_stopping, unless_stopping
+from bridge.storm import StormGuard, Verdict
 
-EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
 # Subscriptions that deliver each key's events in order to one consumer.
 ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
 log = structlog.get_logger("bridge.batch")
+
+Rejection = tuple[Event, str]
 
 
 class BatchProcessor:
@@ -57,195 +62,253 @@ class BatchProcessor:
         self,
         route: RouteSettings,
         *,
-        source: Source,
         results: Publisher,
-        dead_letters: Publisher,
+        settler: Settler,
         serving: ServingClient,
-        circuit: Circuit,
+        limiter: EndpointLimiter,
+        gate: RouteGate,
+        storm: StormGuard,
         metrics: RouteMetrics,
         stopping: asyncio.Event | None = None,
     ) -> None:
         self._route = route
-        self._source = source
         self._results = results
-        self._dead_letters = dead_letters
+        self._settler = settler
         self._serving = serving
-        self._circuit = circuit
-        # Requests at the endpoint at once: held for the request only (retries included),
-        # not while results are published.
+        self._limiter = limiter
+        self._gate = gate
+        self._storm = storm
+        # The route's own ceiling; the endpoint's limiter may allow fewer.
         self._requests = asyncio.Semaphore(route.endpoint.max_in_flight)
         self._policy = RetryPolicy.from_settings(route.failure)
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
-        self._max_redeliveries = route.failure.max_redeliveries
         self._ordered = route.source.subscription_type in ORDERED_SUBSCRIPTIONS
 
     async def process(self, batch: Sequence[Event]) -> None:
-        """Settle every event of ``batch``; on cancellation, nack whatever is unsettled."""
+        """Settle every event of ``batch``; on a stop or cancellation, nack what is left."""
         try:
-            if self._ordered:
-                await self._score_in_order(list(batch))
-            else:
-                await self._score(list(batch))
+            await self._settle_batch(list(batch))
+        except ShutdownRequested:
+            self._settler.nack(batch)
         except BaseException:
             # Cancelled by a drain, or a bug: either way no event may be stranded unsettled.
-            self.nack([e for e in batch if not e.settled])
+            self._settler.nack(batch)
             raise
 
-    async def _score_in_order(self, batch: list[Event]) -> None:
-        """Ordered routes hold a failed batch and retry it in place instead of nacking.
+    def nack(self, events: Sequence[Event]) -> None:
+        self._settler.nack(events)
 
-        A nacked event would be redelivered after later events of its key had already been
-        scored; holding keeps per-key order. Each hold round stands for one redelivery, so
-        after ``max_redeliveries`` rounds the events are dead-lettered as on other routes.
-        """
-
-        async def attempt() -> None:
-            await self._score([e for e in batch if not e.settled])
-
-        try:
-            await self._policy.persist(
-                attempt,
-                retry=lambda exc: isinstance(exc, _Held),
-                cap_s=self._policy.max_s,
-                stopping=self._stopping,
-                max_attempts=self._max_redeliveries + 1,
-                wait_first=False,  # the first try is the batch's normal one
-            )
-        except _Held as held:
-            pending = [e for e in batch if not e.settled]
-            if self._stopping.is_set():
-                self.nack(pending)
+    async def _settle_batch(self, batch: list[Event]) -> None:
+        while True:
+            events = [e for e in batch if not e.settled]
+            if not events:
                 return
-            reason = f"{held.reason} (after {self._max_redeliveries} in-place retries)"
-            for event in pending:
-                await self._dead_letter_and_ack(event, reason)
+            try:
+                rejected = await self._score(events, whole=True)
+            except _StillStorm:
+                continue  # the storm probe was rejected again; the gate times the next one
+            if not rejected:
+                return
+            if len(rejected) == len(events):
+                verdict = await unless_stopping(
+                    self._storm.verdict(storm_in_progress=self._gate.storm), self._stopping
+                )
+                if verdict is Verdict.STORM:
+                    reason = f"poison storm: every event of a batch rejected: {rejected[0][1]}"
+                    self._gate.pause(STORM, reason)
+                    continue  # held: scored again once a probe succeeds
+            for event, reason in rejected:
+                await self._settler.dead_letter(event, reason)
+            return
 
     # ------------------------------------------------------------------ scoring
 
-    async def _score(self, events: list[Event]) -> None:
-        body = orjson.dumps(
-            build_body(
-                [e.row for e in events], self._route.endpoint.format, self._route.endpoint.params
-            )
-        )
-        if len(body) > self._route.endpoint.max_payload_bytes:
+    async def _score(self, events: list[Event], *, whole: bool = False) -> list[Rejection]:
+        """Score ``events``, publish their results; return those the endpoint rejected."""
+        body, unencodable = self._encode(events)
+        if unencodable:
+            bad = {id(event) for event, _ in unencodable}
+            good = [e for e in events if id(e) not in bad]
+            return unencodable + (await self._score(good) if good else [])
+        if body is None:  # every event encodes alone, not together: split them up
             if len(events) == 1:
-                limit = self._route.endpoint.max_payload_bytes
-                reason = f"event of {len(body)} bytes exceeds the payload limit {limit}"
-                await self._dead_letter_and_ack(events[0], reason)
-                return
-            await self._bisect(events)
-            return
+                return [(events[0], "event cannot be encoded for the request")]
+            return await self._bisect(events)
+        limit = self._route.endpoint.max_payload_bytes
+        if len(body) > limit:
+            if len(events) == 1:
+                return [
+                    (events[0], f"event of {len(body)} bytes exceeds the payload limit {limit}")
+                ]
+            return await self._bisect(events)
         started = time.monotonic()
-        try:
-            async with self._requests:
-                invocation = await self._invoke(body)
-            predictions = predictions_of(invocation.body, len(events))
-        except ResponseShapeError as exc:
-            await self._event_error(events, exc)
-            return
-        except EndpointError as exc:
-            self._metrics.last_error = exc.reason
-            if exc.status in EVENT_ERROR_STATUSES:
-                await self._event_error(events, exc)
-            else:
-                self._log_batch(events, started, "held" if self._ordered else "handed_back", exc)
-                if self._ordered:
-                    raise _Held(exc.reason) from exc
-                await self.give_back(events, exc)
-            return
-        outcome = await self._publish(events, predictions, invocation)
+        answer = await self._answer(events, body, whole=whole, started=started)
+        if isinstance(answer, list):
+            return answer
+        invocation, predictions = answer
+        outcome, rejected = await self._publish(events, predictions, invocation)
         self._log_batch(events, started, outcome, None, invocation.served_model)
+        return rejected
 
-    async def _event_error(self, events: list[Event], exc: EndpointError) -> None:
-        if len(events) > 1:
-            await self._bisect(events)
-            return
-        log.warning(
-            "event_rejected",
-            route=self._route.name,
-            reason=exc.reason,
-            source_message_id=events[0].received.message_id,
-        )
-        await self._dead_letter_and_ack(events[0], exc.reason)
+    async def _answer(
+        self, events: list[Event], body: bytes, *, whole: bool, started: float
+    ) -> tuple[Invocation, list[Any]] | list[Rejection]:
+        """The endpoint's predictions for ``events``, or the events it rejected."""
+        rounds = 0
+        while True:
+            try:
+                invocation = await self._call(body, len(events), sample=whole)
+                return invocation, predictions_of(invocation.body, len(events))
+            except _Isolated as isolated:
+                if len(events) > 1:
+                    return await self._bisect(events)
+                rounds += 1
+                if rounds > self._route.failure.max_redeliveries:
+                    reason = (
+                        f"{isolated.error.reason} (failed alone {rounds} rounds while the "
+                        "endpoint answered other requests)"
+                    )
+                    return [(events[0], reason)]
+            except EndpointError as exc:  # an event error (_call raises no other)
+                self._log_batch(events, started, "rejected", exc)
+                if whole and self._gate.storm:
+                    raise _StillStorm from exc
+                if len(events) > 1:
+                    return await self._bisect(events)
+                return [(events[0], exc.reason)]
 
-    async def _bisect(self, events: list[Event]) -> None:
+    def _encode(self, events: list[Event]) -> tuple[bytes | None, list[Rejection]]:
+        """The request body, or the events that cannot be encoded and why.
+
+        orjson reads deeper JSON than it writes (and some values cannot be written), so an
+        event that decoded can still fail here; it is rejected alone, never loops its batch.
+        """
+        endpoint = self._route.endpoint
+        try:
+            rows = [e.row for e in events]
+            return orjson.dumps(build_body(rows, endpoint.format, endpoint.params)), []
+        except TypeError:  # orjson.JSONEncodeError included
+            pass
+        bad: list[Rejection] = []
+        for event in events:
+            try:
+                orjson.dumps(event.row)
+            except TypeError as exc:
+                bad.append((event, f"event cannot be encoded for the request: {exc}"))
+        return None, bad
+
+    async def _bisect(self, events: list[Event]) -> list[Rejection]:
         # Halves in order, one after the other, so results keep the source order.
         middle = len(events) // 2
-        await self._score(events[:middle])
-        await self._score(events[middle:])
+        return [*await self._score(events[:middle]), *await self._score(events[middle:])]
 
-    async def _invoke(self, body: bytes) -> Invocation:
-        """Call the endpoint with retries; while the circuit is open, probe instead."""
-        if self._circuit.is_open:
-            return await self._probe(body)
-        try:
-            invocation = await self._policy.call(
-                partial(self._request, body), on_retry=self._on_retry
-            )
-        except EndpointError as exc:
-            if exc.retriable and self._circuit.is_open:
-                return await self._probe(body)
-            raise
-        return invocation
+    async def _call(self, body: bytes, size: int, *, sample: bool) -> Invocation:
+        """One request, tried until it succeeds; raises an event error or _Isolated.
 
-    async def _request(self, body: bytes) -> Invocation:
-        try:
-            invocation = await self._serving.invoke(body)
-        except EndpointError as exc:
-            self._metrics.request(exc.status)
-            if exc.retriable or exc.status not in EVENT_ERROR_STATUSES:
-                self._circuit.record_failure()
-            raise
-        self._metrics.request(200, invocation.elapsed_s)
-        self._circuit.record_success()
-        return invocation
+        Overload and transient failures are retried with backoff; route errors pause the
+        route; while it is paused this call waits for its turn to probe.
+        """
+        failures = 0
+        others_before = self._gate.successes
+        while True:
+            probe = await self._gate.admit(self._stopping)
+            try:
+                invocation = await self._request(body, size, sample=sample and not probe)
+            except EndpointError as exc:
+                failure = classify(exc)
+                self._metrics.last_error = exc.reason
+                if failure is Failure.EVENT:
+                    self._gate.answered()
+                if probe and self._gate.paused:
+                    self._gate.probe_failed()
+                if failure is Failure.EVENT:
+                    raise
+                if failure is Failure.ROUTE:
+                    self._gate.pause(ROUTE, exc.reason)
+                    continue
+                self._gate.failure(exc.reason)
+                failures += 1
+                if failures >= self._policy.attempts:
+                    if self._gate.successes > others_before:
+                        raise _Isolated(exc) from exc
+                    failures, others_before = 0, self._gate.successes
+                if not self._gate.paused:
+                    await self._back_off(exc, failures)
+                continue
+            self._gate.success()
+            return invocation
 
-    async def _probe(self, body: bytes) -> Invocation:
-        """One batch at a time re-tries the open circuit with backoff until it answers."""
-        async with self._circuit.probe_lock:
-            if self._circuit.is_open:
-                return await self._policy.probe(
-                    partial(self._request, body),
-                    cap_s=self._route.failure.circuit_probe_max_s,
-                    stopping=self._stopping,
-                )
-        # Another batch's probe closed the circuit while this one waited for the lock.
-        return await self._policy.call(partial(self._request, body), on_retry=self._on_retry)
-
-    def _on_retry(self, exc: EndpointError, delay: float) -> None:
+    async def _back_off(self, exc: EndpointError, failures: int) -> None:
+        """Wait before trying again: a Retry-After pauses the whole endpoint (every request
+        waits at the limiter), otherwise this request backs off alone."""
+        if exc.retry_after is not None:
+            delay = min(exc.retry_after, self._policy.retry_after_max_s)
+        else:
+            delay = self._policy.backoff_s(failures)
         self._metrics.retry()
         log.info(
             "request_retry", route=self._route.name, reason=exc.reason, delay_s=round(delay, 3)
         )
+        if exc.retry_after is None:
+            await sleep_unless_stopping(delay, self._stopping)
 
-    # ------------------------------------------------------------------ settling
+    async def _request(self, body: bytes, size: int, *, sample: bool) -> Invocation:
+        """One HTTP request through the route's and the endpoint's limits."""
+        queued = time.monotonic()
+        await unless_stopping(self._requests.acquire(), self._stopping)
+        try:
+            slot = await unless_stopping(self._limiter.acquire(size), self._stopping)
+            self._metrics.queued(time.monotonic() - queued)
+            try:
+                invocation = await self._serving.invoke(body)
+            except EndpointError as exc:
+                self._metrics.request(exc.status)
+                if classify(exc) is Failure.OVERLOAD:
+                    slot.dropped()
+                    if exc.retry_after is not None:
+                        self._limiter.pause(min(exc.retry_after, self._policy.retry_after_max_s))
+                else:
+                    slot.ignore()
+                raise
+            except BaseException:
+                slot.ignore()
+                raise
+            self._metrics.request(200, invocation.elapsed_s)
+            if sample:
+                slot.success(size)
+            else:
+                slot.ignore()  # bisection halves and probes say little about capacity
+            return invocation
+        finally:
+            self._requests.release()
+
+    # ------------------------------------------------------------------ publishing
 
     async def _publish(
         self, events: list[Event], predictions: list[Any], invocation: Invocation
-    ) -> str:
-        """Publish results, ack what the broker stored; the batch's outcome for the log."""
+    ) -> tuple[str, list[Rejection]]:
+        """Publish results and ack what the broker stored; the outcome for the log line
+        and the events whose result cannot be built."""
         route = self._route
-        if invocation.served_model and invocation.served_model != self._metrics.served_model:
-            if self._metrics.served_model is not None:
-                log.info(
-                    "served_model_changed",
-                    route=route.name,
-                    previous=self._metrics.served_model,
-                    current=invocation.served_model,
-                )
-            self._metrics.served_model = invocation.served_model
+        self._note_served_model(invocation.served_model)
         pending: list[tuple[Event, OutgoingMessage]] = []
+        rejected: list[Rejection] = []
         for event, prediction in zip(events, predictions, strict=True):
-            data, properties = result_message(
-                event,
-                prediction,
-                route=route.name,
-                passthrough=route.result.passthrough,
-                served_model=invocation.served_model,
-            )
+            try:
+                data, properties = result_message(
+                    event,
+                    prediction,
+                    route=route.name,
+                    passthrough=route.result.passthrough,
+                    served_model=invocation.served_model,
+                )
+            except TypeError as exc:  # orjson.JSONEncodeError included
+                rejected.append((event, f"result cannot be encoded: {exc}"))
+                continue
             pending.append((event, (data, properties, event.received.key)))
+        if pending:
+            self._storm.scored()
 
         async def attempt() -> None:
             nonlocal pending
@@ -267,9 +330,20 @@ class BatchProcessor:
                 wait_first=False,
             )
         if not pending:
-            return "ok"
-        self.nack([event for event, _ in pending])
-        return "handed_back"
+            return "ok", rejected
+        self._settler.nack([event for event, _ in pending])
+        return "handed_back", rejected
+
+    def _note_served_model(self, served_model: str | None) -> None:
+        if served_model and served_model != self._metrics.served_model:
+            if self._metrics.served_model is not None:
+                log.info(
+                    "served_model_changed",
+                    route=self._route.name,
+                    previous=self._metrics.served_model,
+                    current=served_model,
+                )
+            self._metrics.served_model = served_model
 
     def _publish_retry(self, exc: BaseException) -> bool:
         if not isinstance(exc, _Unconfirmed):
@@ -293,51 +367,10 @@ class BatchProcessor:
             else:
                 self._metrics.last_error = str(error)
                 unconfirmed.append((event, message))
-        self._ack(published)
-        self._metrics.published(len(published))
+        self._settler.stored(published)
         for event, rejection in rejected:
-            await self._dead_letter_and_ack(event, f"result not publishable: {rejection}")
+            await self._settler.dead_letter(event, f"result not publishable: {rejection}")
         return unconfirmed
-
-    def _ack(self, events: list[Event]) -> None:
-        for event in events:
-            event.settled = True
-            self._source.ack(event.received)
-
-    def nack(self, events: Sequence[Event]) -> None:
-        """Hand events back to Pulsar for redelivery."""
-        for event in events:
-            event.settled = True
-            self._source.nack(event.received)
-        self._metrics.nack(len(events))
-
-    async def give_back(self, events: Sequence[Event], exc: EndpointError) -> None:
-        """Nack events for redelivery; those out of redeliveries go to the DLQ instead."""
-        limit = self._max_redeliveries
-        exhausted = [e for e in events if e.received.redelivery_count >= limit]
-        self.nack([e for e in events if e.received.redelivery_count < limit])
-        reason = f"{exc.reason} (after {limit} redeliveries)"
-        for event in exhausted:
-            await self._dead_letter_and_ack(event, reason)
-
-    async def _dead_letter_and_ack(self, event: Event, reason: str) -> None:
-        event.settled = True
-        try:
-            await self.dead_letter(event.received, reason)
-        except BrokerError as exc:
-            log.error("dead_letter_failed", route=self._route.name, reason=str(exc))
-            self._source.nack(event.received)
-            return
-        self._ack([event])
-
-    async def dead_letter(self, received: Received, reason: str) -> None:
-        """Publish the original bytes to the DLQ with the reason; raises BrokerError."""
-        await self._dead_letters.publish(
-            received.data,
-            dead_letter_message(received, route=self._route.name, reason=reason),
-            received.key,
-        )
-        self._metrics.dead_letter()
 
     def _log_batch(
         self,
@@ -363,9 +396,13 @@ class _Unconfirmed(Exception):
     """An ordered route's results the broker did not confirm: sent again in place."""
 
 
-class _Held(Exception):
-    """An ordered route's batch failed in a way worth retrying in place."""
+class _Isolated(Exception):
+    """A request kept failing (5xx, timeouts) while the endpoint answered other requests."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, error: EndpointError) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+class _StillStorm(Exception):
+    """The probe of a route paused for a poison storm was rejected again."""

@@ -22,13 +22,17 @@ import structlog
 
 from bridge.batching import Lanes
 from bridge.config import RouteSettings
-from bridge.errors import BrokerError
+from bridge.errors import BrokerError, ShutdownRequested
 from bridge.events import BadEvent, Event, decode
+from bridge.gate import ROUTE, Pause, RouteGate
+from bridge.limiter import EndpointLimiter
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import ORDERED_SUBSCRIPTIONS, BatchProcessor
 from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
-from bridge.retry import Circuit, CircuitState
 from bridge.serving import ServingClient
+from bridge.settle import Settler
+from bridge.stopping import unless_stopping
+from bridge.storm import StormGuard
 
 log = structlog.get_logger("bridge.route")
 
@@ -42,8 +46,10 @@ class Route:
         serving: ServingClient,
         metrics: Metrics,
         *,
+        limiter: EndpointLimiter,
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        paused_because: str | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -58,7 +64,24 @@ class Route:
         self._tasks: set[asyncio.Future[None]] = set()
         self._lane_tasks: dict[int, asyncio.Future[None]] = {}
         self._ordered = settings.source.subscription_type in ORDERED_SUBSCRIPTIONS
-        self._circuit = Circuit(settings.failure.circuit_failures, self._circuit_changed)
+        self._limiter = limiter
+        failure = settings.failure
+        self._last_pause: Pause | None = None
+        self._gate = RouteGate(
+            failures_to_pause=failure.circuit_failures,
+            probe_initial_s=failure.backoff_initial_ms / 1000,
+            probe_max_s=failure.circuit_probe_max_s,
+            clock=clock,
+            on_change=self._gate_changed,
+        )
+        if paused_because is not None:
+            # Known broken at start (the endpoint is missing): probe before taking events.
+            self._gate.pause(ROUTE, paused_because)
+        # A storm needs that many undecided batches at once; no more can be in progress.
+        self._storm = StormGuard(
+            min(failure.poison_storm_batches, self.max_batches), failure.poison_storm_window_s
+        )
+        self._settler: Settler | None = None
         self._source: Source | None = None
         self._publishers: list[Publisher] = []
         self._processor: BatchProcessor | None = None
@@ -70,7 +93,12 @@ class Route:
             return "draining"
         if not self.subscribed:
             return "starting"
-        return "paused" if self._circuit.is_open else "running"
+        return "paused" if self._gate.paused else "running"
+
+    @property
+    def pause(self) -> Pause | None:
+        """Why the route is paused, if it is."""
+        return self._gate.pause_state
 
     @property
     def connected(self) -> bool:
@@ -95,13 +123,15 @@ class Route:
         dead_letters = await pulsar.publisher(s.dead_letter_topic)
         self._publishers.append(dead_letters)
         self._source = await pulsar.subscribe(s.source, nack_delay_ms=s.failure.nack_delay_ms)
+        self._settler = Settler(self.name, self._source, dead_letters, self.metrics)
         self._processor = BatchProcessor(
             s,
-            source=self._source,
             results=results,
-            dead_letters=dead_letters,
+            settler=self._settler,
             serving=self._serving,
-            circuit=self._circuit,
+            limiter=self._limiter,
+            gate=self._gate,
+            storm=self._storm,
             metrics=self.metrics,
             stopping=self._stopping,
         )
@@ -134,8 +164,7 @@ class Route:
         intake_burst = s.max_events
         try:
             while not self._stopping.is_set():
-                if self._circuit.is_open:
-                    await self._wait_closed_or_stop(stop_wait)
+                if self._gate.paused and not await self._may_take_events():
                     continue
                 if receiving is None:
                     receiving = asyncio.ensure_future(source.receive())
@@ -156,12 +185,33 @@ class Route:
                             await self._dispatch(lane, batch)
                 for lane, batch in lanes.due():
                     await self._dispatch(lane, batch)
-            for lane, batch in lanes.flush():
-                await self._dispatch(lane, batch)
+            # Stopping: the open batches never reached the endpoint; Pulsar redelivers them.
+            for _, batch in lanes.flush():
+                self._processor_nack(batch)
         finally:
             stop_wait.cancel()
             if receiving is not None:
                 await self._abandon(receiving)
+
+    async def _may_take_events(self) -> bool:
+        """While paused: wait for a change; True when intake may take one probe batch."""
+        try:
+            if not self._tasks:
+                # Nothing in hand to probe with: take events once a probe is due.
+                await self._gate.wait_probe_due(self._stopping)
+                return True
+            resumed = asyncio.ensure_future(self._gate.wait_resumed(self._stopping))
+            try:
+                await asyncio.wait({resumed, *self._tasks}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                resumed.cancel()
+                await asyncio.gather(resumed, return_exceptions=True)
+        except ShutdownRequested:
+            pass
+        return False
+
+    def _processor_nack(self, batch: list[Event]) -> None:
+        self._opened()[1].nack(batch)
 
     def _intake(self, received: Received, lanes: Lanes[Event]) -> list[tuple[int, list[Event]]]:
         try:
@@ -172,21 +222,16 @@ class Route:
         return lanes.add(received.key, event, event.size)
 
     async def _reject(self, received: Received, reason: str) -> None:
-        source, processor = self._opened()
-        log.warning(
-            "event_rejected", route=self.name, reason=reason, source_message_id=received.message_id
-        )
-        try:
-            await processor.dead_letter(received, reason)
-        except BrokerError as exc:
-            log.error("dead_letter_failed", route=self.name, reason=str(exc))
-            source.nack(received)
-            return
-        source.ack(received)
+        assert self._settler is not None
+        await self._settler.dead_letter_received(received, reason)
 
     async def _dispatch(self, lane: int, batch: list[Event]) -> None:
         _, processor = self._opened()
-        await self._slots.acquire()
+        try:
+            await unless_stopping(self._slots.acquire(), self._stopping)
+        except ShutdownRequested:
+            processor.nack(batch)  # never reached the endpoint
+            return
         self.metrics.batch(len(batch))
         previous = self._lane_tasks.get(lane) if self._ordered else None
         work = processor.process(batch) if previous is None else self._after(previous, batch)
@@ -222,13 +267,6 @@ class Route:
         task.add_done_callback(done)
         return task
 
-    async def _wait_closed_or_stop(self, stop_wait: asyncio.Future[Any]) -> None:
-        closed: asyncio.Future[Any] = asyncio.ensure_future(self._circuit.wait_closed())
-        try:
-            await asyncio.wait({closed, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed.cancel()
-
     async def _abandon(self, receiving: asyncio.Future[Any]) -> None:
         """Give back a message that arrived while stopping; cancel a receive still waiting."""
         if receiving.done():
@@ -261,9 +299,12 @@ class Route:
             await self._on_close()
         log.info("route_stopped", route=self.name, **self.metrics.summary())
 
-    def _circuit_changed(self, state: CircuitState) -> None:
-        self.metrics.circuit_open.set(1 if state is CircuitState.OPEN else 0)
-        if state is CircuitState.OPEN:
-            log.warning("circuit_open", route=self.name, last_error=self.metrics.last_error)
+    def _gate_changed(self, pause: Pause | None) -> None:
+        previous, self._last_pause = self._last_pause, pause
+        self.metrics.paused(
+            None if pause is None else pause.kind, None if previous is None else previous.kind
+        )
+        if pause is not None:
+            log.warning("route_paused", route=self.name, kind=pause.kind, reason=pause.reason)
         else:
-            log.info("circuit_closed", route=self.name)
+            log.info("route_resumed", route=self.name)

@@ -1,10 +1,9 @@
-"""When to try a request again, how long to wait, and when to stop asking a dead endpoint.
+"""How a failed request is sorted, and how long to wait before trying again.
 
-RetryPolicy        in-bridge attempts of one request: exponential backoff with full
-                   jitter, ``Retry-After`` honoured up to a cap (tenacity underneath)
-Circuit            consecutive failures open it; while open, intake pauses and one batch
-                   at a time probes with backoff, so an outage does not burn Pulsar
-                   redeliveries into the dead-letter topic
+Failure / classify  what a failed request says: the events' fault, overload, a transient
+                    failure, or a route error (each handled differently by the processor)
+RetryPolicy         backoff with full jitter, ``Retry-After`` honoured up to a cap
+                    (tenacity underneath); ``persist`` retries until a condition or a stop
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from bridge.config import FailureSettings
-from bridge.errors import EndpointError
+from bridge.errors import EndpointError, ResponseShapeError
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -67,6 +66,13 @@ class RetryPolicy:
             retry_after_max_s=failure.retry_after_max_s,
         )
 
+    def backoff_s(self, attempt: int) -> float:
+        """Full-jitter exponential wait before try ``attempt + 1`` (tenacity's strategy)."""
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        wait = wait_random_exponential(multiplier=max(self.initial_s, 0.001), max=self.max_s)
+        return float(wait(state))
+
     async def call(
         self,
         fn: Callable[[], Awaitable[T]],
@@ -92,19 +98,6 @@ class RetryPolicy:
             before_sleep=before_sleep,
         )
         return await retrying(fn)
-
-    async def probe(
-        self,
-        fn: Callable[[], Awaitable[T]],
-        *,
-        cap_s: float,
-        stopping: asyncio.Event,
-    ) -> T:
-        """Await ``fn()`` with jittered backoff up to ``cap_s`` until it stops failing
-        retriably, or until ``stopping`` is set (then the last error is raised)."""
-        return await self.persist(
-            fn, retry=is_retriable, cap_s=cap_s, stopping=stopping, max_attempts=None
-        )
 
     async def persist(
         self,
@@ -140,50 +133,27 @@ class RetryPolicy:
         return await retrying(fn)
 
 
-class CircuitState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
+class Failure(enum.Enum):
+    """What a failed request says, and so what the bridge does about it (README table)."""
+
+    EVENT = "event"  # the events are bad: bisect, dead-letter the offenders
+    OVERLOAD = "overload"  # the endpoint sheds load: cut the limit, back off, retry
+    TRANSIENT = "transient"  # the endpoint or the network failed: back off, retry
+    ROUTE = "route"  # the route cannot work as configured now: pause and probe
 
 
-class Circuit:
-    """Counts consecutive failed requests; at ``threshold`` it opens until one succeeds."""
+EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
 
-    def __init__(
-        self, threshold: int, on_change: Callable[[CircuitState], None] | None = None
-    ) -> None:
-        self._threshold = threshold
-        self._failures = 0
-        self._closed = asyncio.Event()
-        self._closed.set()
-        self._on_change = on_change
-        self._probe_lock = asyncio.Lock()
 
-    @property
-    def state(self) -> CircuitState:
-        return CircuitState.CLOSED if self._closed.is_set() else CircuitState.OPEN
-
-    @property
-    def is_open(self) -> bool:
-        return not self._closed.is_set()
-
-    @property
-    def probe_lock(self) -> asyncio.Lock:
-        """Held by the one batch probing an open circuit; the others wait their turn."""
-        return self._probe_lock
-
-    def record_success(self) -> None:
-        self._failures = 0
-        if not self._closed.is_set():
-            self._closed.set()
-            if self._on_change is not None:
-                self._on_change(CircuitState.CLOSED)
-
-    def record_failure(self) -> None:
-        self._failures += 1
-        if self._failures >= self._threshold and self._closed.is_set():
-            self._closed.clear()
-            if self._on_change is not None:
-                self._on_change(CircuitState.OPEN)
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
+def classify(exc: EndpointError) -> Failure:
+    """Sort a failed request; ``exc.retriable`` already reflects ``retry_statuses``."""
+    if isinstance(exc, ResponseShapeError) or exc.status in EVENT_ERROR_STATUSES:
+        return Failure.EVENT
+    if exc.status is None:
+        if exc.timeout:
+            return Failure.OVERLOAD
+        return Failure.TRANSIENT if exc.retriable else Failure.ROUTE
+    if exc.retriable:
+        return Failure.OVERLOAD if exc.status in OVERLOAD_STATUSES else Failure.TRANSIENT
+    return Failure.ROUTE

@@ -52,14 +52,14 @@ def test_key_shared_keeps_per_key_order_under_429s_with_several_requests_in_flig
 
     assert len(ids(got)) == n
     assert emulator.state.counters.requests_by_status[429] > 0, "faults were injected"
-    assert [b for b in bridge.events("batch") if b["outcome"] == "held"], "batches were held"
+    assert bridge.events("request_retry"), "batches were held and tried again"
     per_key = seqs_by_key(got)
     assert len(per_key) == keys
     for key, seqs in per_key.items():
         assert seqs == sorted(seqs), f"results of {key} reordered"
 
 
-def test_an_endpoint_outage_opens_the_circuit_pauses_intake_and_loses_nothing(
+def test_an_endpoint_outage_pauses_the_route_which_resumes_by_itself_and_loses_nothing(
     pulsar_client: pulsar.Client,
     topics: Topics,
     emulator: EmulatorServer,
@@ -79,45 +79,56 @@ def test_an_endpoint_outage_opens_the_circuit_pauses_intake_and_loses_nothing(
         },
     )
     bridge = start_bridge({"fraud": route})
-    # Down for a while: without the circuit, two redeliveries would dead-letter everything.
+    # Down for a while: an outage is the endpoint's fault, so nothing is dead-lettered.
     emulator.state.faults.update({"outage_for_s": 3}, now=emulator.state.clock())
     publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(n)])
 
-    bridge.wait_for("circuit_open")
-    closed = bridge.wait_for("circuit_closed", timeout=30)
+    paused = bridge.wait_for("route_paused")
+    resumed = bridge.wait_for("route_resumed", timeout=30)
     got = results.read_until(lambda ms: len(ids(ms)) >= n)
     bridge.stop()
 
-    assert closed
+    assert paused["kind"] == "down"
+    assert resumed
     assert len(ids(got)) == n
     assert dead.read_quiet(500) == []
-    assert len(bridge.events("circuit_open")) == 1, "state change logged once"
+    assert len(bridge.events("route_paused")) == 1, "state change logged once"
     assert emulator.state.counters.requests_by_status[503] >= 3
 
 
-def test_events_out_of_redeliveries_are_dead_lettered_with_the_reason(
+def test_an_endpoint_failing_every_request_never_dead_letters_and_recovers(
     pulsar_client: pulsar.Client,
     topics: Topics,
     emulator: EmulatorServer,
     start_bridge: BridgeFactory,
 ) -> None:
-    emulator.state.faults.update({"fail_next": 10_000, "fail_status": 503}, now=0)
+    # "500 forever" is the endpoint's fault, not the events': they are held, the route
+    # pauses, and once the endpoint answers again every event gets its result.
+    emulator.state.faults.update({"fail_next": 10_000, "fail_status": 500}, now=0)
     publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(10)])
+    results = TopicReader(pulsar_client, topics.result)
     dead = TopicReader(pulsar_client, topics.dlq)
     route = route_config(
         topics,
-        failure={"attempts": 1, "max_redeliveries": 2, "circuit_failures": 10_000},
+        failure={
+            "attempts": 1,
+            "max_redeliveries": 0,
+            "circuit_failures": 3,
+            "circuit_probe_max_s": 0.2,
+        },
     )
     bridge = start_bridge({"fraud": route})
 
-    dead_letters = dead.read_until(lambda ms: len(ids(ms)) >= 10)
+    paused = bridge.wait_for("route_paused")
+    emulator.state.faults.update({"fail_next": 0}, now=0)
+    got = results.read_until(lambda ms: len(ids(ms)) >= 10)
     bridge.stop()
 
-    assert ids(dead_letters) == {f"e{i}" for i in range(10)}
-    for m in dead_letters:
-        assert m.properties["error"].startswith("HTTP 503")
-        assert "after 2 redeliveries" in m.properties["error"]
-        assert m.properties["redelivery_count"] == "2"
+    assert paused["kind"] == "down"
+    assert paused["reason"].startswith("HTTP 500")
+    assert ids(got) == {f"e{i}" for i in range(10)}
+    assert dead.read_quiet(500) == []
+    assert bridge.events("route_stopped")[0]["nacked"] == 0
 
 
 def test_retry_after_is_honoured_and_the_request_then_succeeds(

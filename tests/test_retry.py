@@ -8,7 +8,7 @@ import pytest
 
 from bridge.config import FailureSettings
 from bridge.errors import EndpointError, ResponseShapeError
-from bridge.retry import Circuit, CircuitState, RetryPolicy, is_retriable
+from bridge.retry import Failure, RetryPolicy, classify, is_retriable
 
 
 class RecordingSleep:
@@ -209,77 +209,6 @@ async def test_on_retry_is_not_called_for_the_final_failure() -> None:
 PROBE = RetryPolicy(initial_s=0.0, max_s=0.001)
 
 
-async def test_probe_returns_once_the_call_succeeds() -> None:
-    fn = Flaky([retriable(), retriable(), retriable()])
-
-    result = await PROBE.probe(fn, cap_s=0.001, stopping=asyncio.Event())
-
-    assert result == "ok"
-    assert fn.calls == 4
-
-
-async def test_probe_is_not_bounded_by_attempts() -> None:
-    fn = Flaky([retriable() for _ in range(10)])
-
-    assert (
-        await RetryPolicy(attempts=2, initial_s=0.0).probe(
-            fn, cap_s=0.001, stopping=asyncio.Event()
-        )
-        == "ok"
-    )
-    assert fn.calls == 11
-
-
-async def test_probe_raises_non_retriable_errors_at_once() -> None:
-    error = fatal(404)
-    fn = Flaky([retriable(), error])
-
-    with pytest.raises(EndpointError) as info:
-        await PROBE.probe(fn, cap_s=0.001, stopping=asyncio.Event())
-
-    assert info.value is error
-    assert fn.calls == 2
-
-
-async def test_probe_stops_with_the_last_error_when_stopping_is_set() -> None:
-    stopping = asyncio.Event()
-    calls = 0
-    raised: list[EndpointError] = []
-
-    async def fn() -> str:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            stopping.set()
-        error = retriable()
-        raised.append(error)
-        raise error
-
-    with pytest.raises(EndpointError) as info:
-        await PROBE.probe(fn, cap_s=0.001, stopping=stopping)
-
-    assert calls == 3
-    assert info.value is raised[-1]
-
-
-async def test_probe_sleep_wakes_early_on_stopping() -> None:
-    stopping = asyncio.Event()
-    fn = Flaky([retriable() for _ in range(5)])
-    # An hour-long initial wait: only the stopping event can end it within the test timeout.
-    policy = RetryPolicy(initial_s=3600.0)
-
-    task = asyncio.create_task(policy.probe(fn, cap_s=3600.0, stopping=stopping))
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert fn.calls == 0
-    assert not task.done()
-
-    stopping.set()
-    with pytest.raises(EndpointError):
-        await asyncio.wait_for(task, timeout=5)
-    assert fn.calls == 1
-
-
 async def test_persist_stops_after_max_attempts_with_its_own_retry_predicate() -> None:
     # A non-retriable EndpointError is retried here because the predicate says so.
     errors: list[BaseException] = [fatal(), fatal(), fatal(), fatal()]
@@ -301,101 +230,36 @@ async def test_persist_stops_after_max_attempts_with_its_own_retry_predicate() -
 # --------------------------------------------------------------------------- Circuit
 
 
-def test_circuit_opens_at_the_threshold() -> None:
-    changes: list[CircuitState] = []
-    circuit = Circuit(3, on_change=changes.append)
-
-    circuit.record_failure()
-    circuit.record_failure()
-    before = circuit.state
-    assert not circuit.is_open
-    assert changes == []
-
-    circuit.record_failure()
-    assert before is CircuitState.CLOSED
-    assert circuit.state is CircuitState.OPEN
-    assert circuit.is_open
-    assert changes == [CircuitState.OPEN]
-
-    circuit.record_failure()
-    circuit.record_failure()
-    assert changes == [CircuitState.OPEN]  # once per transition, not per failure
-
-
-def test_success_closes_the_circuit_once() -> None:
-    changes: list[CircuitState] = []
-    circuit = Circuit(1, on_change=changes.append)
-    circuit.record_failure()
-
-    circuit.record_success()
-    circuit.record_success()
-
-    assert circuit.state is CircuitState.CLOSED
-    assert changes == [CircuitState.OPEN, CircuitState.CLOSED]
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (EndpointError("bad row", status=400, retriable=False), Failure.EVENT),
+        (EndpointError("too big", status=413, retriable=False), Failure.EVENT),
+        (ResponseShapeError("3 predictions for 4 events"), Failure.EVENT),
+        (EndpointError("limit", status=429, retriable=True), Failure.OVERLOAD),
+        (EndpointError("scaling", status=503, retriable=True), Failure.OVERLOAD),
+        (EndpointError("gateway", status=504, retriable=True), Failure.OVERLOAD),
+        (EndpointError("boom", status=500, retriable=True), Failure.TRANSIENT),
+        (EndpointError("connect", status=None, retriable=True), Failure.TRANSIENT),
+        (EndpointError("refused", status=None, retriable=False), Failure.ROUTE),
+        (EndpointError("gone", status=404, retriable=False), Failure.ROUTE),
+        (EndpointError("grant", status=403, retriable=False), Failure.ROUTE),
+        (EndpointError("moved", status=301, retriable=False), Failure.ROUTE),
+        (EndpointError("not in retry_statuses", status=500, retriable=False), Failure.ROUTE),
+    ],
+)
+def test_classify_sorts_failures_by_what_they_say(error: EndpointError, expected: Failure) -> None:
+    assert classify(error) is expected
 
 
-def test_success_resets_the_consecutive_failure_count() -> None:
-    changes: list[CircuitState] = []
-    circuit = Circuit(3, on_change=changes.append)
-
-    for _ in range(5):
-        circuit.record_failure()
-        circuit.record_failure()
-        circuit.record_success()
-
-    assert circuit.state is CircuitState.CLOSED
-    assert changes == []
+def test_a_timeout_is_overload() -> None:
+    error = EndpointError("timed out", status=None, retriable=True, timeout=True)
+    assert classify(error) is Failure.OVERLOAD
 
 
-def test_reopens_after_threshold_failures_again() -> None:
-    changes: list[CircuitState] = []
-    circuit = Circuit(2, on_change=changes.append)
-    circuit.record_failure()
-    circuit.record_failure()
-    circuit.record_success()
-
-    circuit.record_failure()
-    assert not circuit.is_open
-    circuit.record_failure()
-
-    assert circuit.is_open
-    assert changes == [CircuitState.OPEN, CircuitState.CLOSED, CircuitState.OPEN]
-
-
-def test_circuit_works_without_on_change() -> None:
-    circuit = Circuit(1)
-    circuit.record_failure()
-    assert circuit.is_open
-    circuit.record_success()
-    assert not circuit.is_open
-
-
-async def test_wait_closed_returns_at_once_while_closed() -> None:
-    circuit = Circuit(2)
-
-    await asyncio.wait_for(circuit.wait_closed(), timeout=5)
-
-    assert not circuit.is_open
-
-
-async def test_wait_closed_blocks_while_open() -> None:
-    circuit = Circuit(1)
-    circuit.record_failure()
-
-    waiter = asyncio.create_task(circuit.wait_closed())
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert not waiter.done()
-
-    circuit.record_success()
-    await asyncio.wait_for(waiter, timeout=5)
-    assert waiter.done()
-
-
-async def test_probe_lock_is_one_per_circuit() -> None:
-    circuit = Circuit(1)
-
-    async with circuit.probe_lock:
-        assert circuit.probe_lock.locked()
-    assert not circuit.probe_lock.locked()
-    assert circuit.probe_lock is circuit.probe_lock
+def test_backoff_is_full_jitter_within_the_exponential_window() -> None:
+    policy = RetryPolicy(initial_s=0.1, max_s=1.0)
+    for attempt, ceiling in [(1, 0.1), (2, 0.2), (3, 0.4), (10, 1.0)]:
+        waits = [policy.backoff_s(attempt) for _ in range(50)]
+        assert all(0 <= w <= ceiling + 1e-9 for w in waits)
+        assert max(waits) > ceiling / 4, "jittered over the window, not stuck at zero"

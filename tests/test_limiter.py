@@ -1,0 +1,155 @@
+"""The endpoint limiter: how the adaptive limit moves (pure, fake clock) and how slots,
+Retry-After pauses and rate caps behave on a loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit
+from tests.support.clock import FakeClock
+
+RTT = 0.05
+
+
+def saturated(limit: AdaptiveLimit, clock: FakeClock, n: int, latency: float = 0.001) -> None:
+    """``n`` successes while the limit is fully used, one round trip apart per limit's worth."""
+    for _ in range(n):
+        clock.advance(RTT / max(limit.current, 1))
+        limit.on_success(latency, RTT, limit.current)
+
+
+def test_grows_by_one_per_round_trip_while_saturated_and_healthy() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 8, initial=1, clock=clock)
+    saturated(limit, clock, 1 + 1)  # first sample sets the baseline, then one round trip
+    assert limit.current == 2
+    saturated(limit, clock, 200)
+    assert limit.current == 8, "up to the ceiling, never past it"
+
+
+def test_does_not_grow_while_the_limit_is_not_what_holds_traffic_back() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 8, initial=2, clock=clock)
+    for _ in range(100):
+        clock.advance(RTT)
+        limit.on_success(0.001, RTT, in_flight=1)
+    assert limit.current == 2
+
+
+def test_overload_cuts_multiplicatively_once_per_round_trip() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, initial=10, clock=clock)
+    limit.on_success(0.001, RTT, 10)
+    limit.on_dropped()
+    assert limit.current == 7
+    limit.on_dropped()  # another request of the same burst
+    assert limit.current == 7, "one burst counts once"
+    clock.advance(2 * RTT)
+    limit.on_dropped()
+    assert limit.current == 4
+    for _ in range(10):
+        clock.advance(2 * RTT)
+        limit.on_dropped()
+    assert limit.current == 1, "never below min_in_flight"
+
+
+def test_growth_past_the_level_that_overloaded_is_tried_once_per_probe_interval() -> None:
+    """An endpoint that sheds load with 429 (no latency warning): one 429 per interval."""
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 8, initial=3, probe_interval_s=5.0, clock=clock)
+    limit.on_success(0.001, RTT, 3)
+    limit.on_dropped()  # capacity is 2
+    assert limit.current == 2
+    saturated(limit, clock, 40)  # 40 successes take 1 s
+    assert limit.current == 2, "does not walk straight back into the 429"
+    clock.advance(5.0)
+    saturated(limit, clock, 10)
+    assert limit.current == 3, "tries the level again after the interval"
+    saturated(limit, clock, 40)
+    assert limit.current == 3, "and the next level only after another interval"
+
+
+def test_rising_latency_per_event_cuts_the_limit() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, initial=8, clock=clock)
+    for _ in range(50):
+        clock.advance(RTT)
+        limit.on_success(0.001, RTT, 8)
+    before = limit.current
+    for _ in range(5):
+        clock.advance(RTT)
+        limit.on_success(0.01, RTT, 8)  # ten times slower per event: queueing
+    assert limit.current < before
+
+
+def test_a_bigger_batch_at_the_same_latency_per_event_is_not_queueing() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, initial=8, clock=clock)
+    for size in [10, 100, 10, 100] * 40:
+        clock.advance(RTT)
+        rtt = 0.0005 * size
+        limit.on_success(rtt / size, rtt, limit.current)
+    assert limit.current == 16
+
+
+def test_fixed_limit_never_moves() -> None:
+    limit = FixedLimit(4)
+    limit.on_dropped()
+    limit.on_success(1.0, 1.0, 4)
+    assert limit.current == 4
+
+
+async def test_slots_bound_requests_and_a_release_lets_the_next_one_in() -> None:
+    limiter = EndpointLimiter("m", FixedLimit(2))
+    first, second = await limiter.acquire(1), await limiter.acquire(1)
+    third = asyncio.ensure_future(limiter.acquire(1))
+    await asyncio.sleep(0)
+    assert not third.done()
+    assert limiter.in_flight == 2
+    first.success(1)
+    slot = await asyncio.wait_for(third, timeout=5)
+    second.ignore()
+    slot.dropped()
+    assert limiter.in_flight == 0
+
+
+async def test_an_outcome_is_counted_once() -> None:
+    limiter = EndpointLimiter("m", FixedLimit(2))
+    slot = await limiter.acquire(1)
+    slot.success(1)
+    slot.dropped()
+    assert limiter.in_flight == 0
+
+
+async def test_retry_after_pauses_every_request_to_the_endpoint() -> None:
+    limiter = EndpointLimiter("m", FixedLimit(4))
+    limiter.pause(0.2)
+    started = asyncio.get_running_loop().time()
+    slot = await limiter.acquire(1)
+    assert asyncio.get_running_loop().time() - started >= 0.15
+    assert limiter.pauses == 1
+    slot.ignore()
+
+
+async def test_a_waiting_acquire_can_be_cancelled_without_leaking_a_slot() -> None:
+    limiter = EndpointLimiter("m", FixedLimit(1))
+    held = await limiter.acquire(1)
+    waiting = asyncio.ensure_future(limiter.acquire(1))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    held.ignore()
+    assert limiter.in_flight == 0
+
+
+async def test_adaptive_limit_changes_are_reported() -> None:
+    seen: list[int] = []
+    limiter = EndpointLimiter(
+        "m", AdaptiveLimit(1, 4, initial=4), on_change=lambda lim: seen.append(lim.limit.current)
+    )
+    slot = await limiter.acquire(1)
+    slot.dropped()
+    assert seen[-1] == 2
