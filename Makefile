@@ -4,7 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench clean tools
+
+# The chart tests (tests/test_helm.py) run helm, built from its Go module into .tools/bin;
+# the stamp names the version, so a second run costs nothing and a version bump rebuilds.
+HELM_VERSION := v3.22.0
+HELM_STAMP := .tools/.helm-$(HELM_VERSION)
+# What helm's own release build stamps in: its version, and the Kubernetes version of its
+# client libraries (k8s.io/* v0.37), which is helm template's default cluster version.
+HELM_LDFLAGS := -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,pkg/chartutil pkg/lint/rules,\
+	-X helm.sh/helm/v3/$(pkg).k8sVersionMajor=1 -X helm.sh/helm/v3/$(pkg).k8sVersionMinor=37)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +34,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+$(HELM_STAMP):
+	mkdir -p .tools/bin
+	GOBIN=$(CURDIR)/.tools/bin GOFLAGS=-buildvcs=false \
+		go install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	rm -f .tools/.helm-*
+	touch $@
+
+tools: $(HELM_STAMP)
+
+test: lint typecheck tools
 	$(BIN)/pytest
 
 bench: $(STAMP)
