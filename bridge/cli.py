@@ -16,6 +16,7 @@ from pathlib import Path
 from bridge import __version__
 from bridge.config import Config, load_config
 from bridge.errors import ConfigError
+from bridge.redaction import Redactor
 
 DEFAULT_CONFIG_DIR = Path("/etc/pulsar-bridge")
 
@@ -86,18 +87,30 @@ def _load(directory: Path) -> Config | None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    if config is None:
+    from bridge.config import inspect_config
+    from bridge.topics import normalise
+
+    redactor = Redactor()
+    # Everything run validates before connecting; warnings are shown even when it fails.
+    report = inspect_config(args.config, redactor=redactor)
+    for warning in report.warnings:
+        print(redactor.redact(f"warning: {warning}"), file=sys.stderr)
+    if report.config is None:
+        count = len(report.problems)
+        print(redactor.redact(f"{args.config}: {count} problem(s):"), file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {redactor.redact(str(problem))}", file=sys.stderr)
         return 1
-    for warning in config.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    config = report.config
     for route in config.routes:
         target = route.endpoint.url or f"endpoint {route.endpoint.name}"
-        print(
-            f"route {route.name}: {', '.join(route.source.topics)} -> {target} "
-            f"-> {route.result.topic} (DLQ {route.dead_letter_topic})"
+        sources = ", ".join(normalise(t) for t in route.source.topics)
+        line = (
+            f"route {route.name}: {sources} -> {target} -> {normalise(route.result.topic)} "
+            f"(DLQ {normalise(route.dead_letter_topic)})"
         )
-    print(f"{args.config}: OK, {len(config.routes)} route(s)")
+        print(redactor.redact(line))
+    print(redactor.redact(f"{args.config}: OK, {len(config.routes)} route(s)"))
     return 0
 
 

@@ -4,30 +4,37 @@ A config directory holds ``bridge.toml`` (daemon-wide) and ``routes/*.toml`` (on
 file, named by the file's stem). Every section is a pydantic model with ``extra="forbid"``
 and strict types, so a typo is an error rather than a silently ignored key. All problems in
 all files are collected and raised together as one :class:`~bridge.errors.ConfigError`,
-each naming its file and dotted key. Defaults live here and nowhere else; ``config/``
-holds the same defaults as a commented example.
+each naming its file, dotted key and the offending value; an unknown key comes with the
+known key it most resembles. Rules within one section are validators here; rules between
+sections and files are in :mod:`bridge.config_rules`. ``check`` and ``run`` both load
+through :func:`inspect_config`, so ``check`` refuses whatever ``run`` would. Defaults live
+here and nowhere else; ``config/`` holds the same defaults as a commented example.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
-    ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
-from bridge.errors import ConfigError, ConfigProblem, SecretError
+from bridge import topics
+from bridge.addresses import check_http_url, check_service_url, parse_bind
+from bridge.errors import ConfigError, ConfigProblem
+from bridge.redaction import Redactor
 from bridge.secrets import Secret
 
 
@@ -43,6 +50,24 @@ def _to_secret(value: object, info: ValidationInfo) -> Secret:
 SecretField = Annotated[
     Secret, PlainValidator(_to_secret), PlainSerializer(lambda s: s.source, return_type=str)
 ]
+
+
+def _topic(name: str) -> str:
+    # Kept as written (the client takes every form); comparisons normalise (bridge.topics).
+    topics.parse(name)
+    return name
+
+
+def _bind(bind: str) -> str:
+    parse_bind(bind)  # what the health server binds with
+    return bind
+
+
+def _http_url(what: str, *, base_only: bool = False) -> AfterValidator:
+    return AfterValidator(lambda url: check_http_url(url, what=what, base_only=base_only))
+
+
+TopicField = Annotated[str, AfterValidator(_topic)]
 
 
 class _Section(BaseModel):
@@ -66,11 +91,11 @@ class PulsarOAuth2Auth(_Section):
 
 
 class PulsarSettings(_Section):
-    service_url: str = "pulsar://127.0.0.1:6650"
+    service_url: Annotated[str, AfterValidator(check_service_url)] = "pulsar://127.0.0.1:6650"
     # Where `pulsar-bridge status` reads subscription lag: the admin REST API, or (for
     # pulsar-lite, which has none) the broker's Prometheus endpoint.
-    admin_url: str | None = None
-    metrics_url: str | None = None
+    admin_url: Annotated[str, _http_url("admin_url")] | None = None
+    metrics_url: Annotated[str, _http_url("metrics_url")] | None = None
     tls_trust_certs_file: str | None = None
     tls_allow_insecure: bool = False
     auth: PulsarTokenAuth | PulsarOAuth2Auth | None = Field(default=None, discriminator="type")
@@ -84,7 +109,7 @@ AuthType = Literal["oauth-m2m", "pat", "none", "oidc-federation", "databricks-sd
 class WorkspaceSettings(_Section):
     """One Databricks workspace and the identity used to call it."""
 
-    host: str | None = None
+    host: Annotated[str, _http_url("the workspace URL", base_only=True)] | None = None
     auth_type: AuthType | None = None
     client_id: SecretField | None = None
     client_secret: SecretField | None = None
@@ -131,7 +156,7 @@ class WorkspaceSettings(_Section):
 
 class ObserveSettings(_Section):
     # Loopback by default: metrics and health are for the local scraper and supervisor.
-    http_bind: str | None = "127.0.0.1:9464"
+    http_bind: Annotated[str, AfterValidator(_bind)] | None = "127.0.0.1:9464"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -160,13 +185,30 @@ RequestFormat = Literal["dataframe_records", "dataframe_split", "instances", "in
 
 
 class SourceSettings(_Section):
-    topics: list[str] = Field(min_length=1)
+    # Declared before `topics`, whose validator reads it. A non-persistent topic keeps
+    # nothing for a consumer that is not connected or not keeping up: events are lost by
+    # design, which a bridge that promises at-least-once must not do unless asked to.
+    allow_non_persistent: bool = False
+    topics: list[TopicField] = Field(min_length=1)
     subscription: str = Field(min_length=1)
     subscription_type: SubscriptionType = "shared"
     # Earliest, unlike Pulsar's default: a new subscription must not skip events that
     # were published before the bridge first started.
     initial_position: Literal["earliest", "latest"] = "earliest"
     receiver_queue_size: int = Field(default=1000, ge=1)
+
+    @field_validator("topics")
+    @classmethod
+    def _persistent_unless_allowed(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("allow_non_persistent", False):
+            return value
+        lossy = [t for t in value if not topics.parse(t).persistent]
+        if lossy:
+            raise ValueError(
+                f"{', '.join(map(repr, lossy))}: a non-persistent topic drops events while the "
+                "bridge is down or behind; set source.allow_non_persistent = true to accept that"
+            )
+        return value
 
 
 class EndpointSettings(_Section):
@@ -214,7 +256,7 @@ class BatchSettings(_Section):
 
 
 class ResultSettings(_Section):
-    topic: str = Field(min_length=1)
+    topic: TopicField
     passthrough: list[str] = []
 
 
@@ -222,7 +264,7 @@ class FailureSettings(_Section):
     # Rounds of in-bridge attempts a batch may fail alone (a 5xx or timeout while the
     # endpoint answers other requests) before it is split, and a single event dead-lettered.
     max_redeliveries: int = Field(default=5, ge=0)
-    dead_letter_topic: str | None = None
+    dead_letter_topic: TopicField | None = None
     # Delay before Pulsar redelivers a nacked event.
     nack_delay_ms: int = Field(default=1000, ge=0)
     # In-bridge attempts of one request before its events are nacked.
@@ -240,6 +282,45 @@ class FailureSettings(_Section):
     # poison_storm_window_s for another batch to tell poison from a storm.
     poison_storm_batches: int = Field(default=3, ge=0)
     poison_storm_window_s: float = Field(default=10, gt=0)
+
+    @field_validator("retry_statuses")
+    @classmethod
+    def _failure_statuses(cls, value: list[int]) -> list[int]:
+        reasons = [
+            f"{status} {_not_retriable(status)}" for status in value if _not_retriable(status)
+        ]
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        return value
+
+    # A field validator (not a model one), so it runs even when another key is wrong.
+    @field_validator("backoff_max_ms")
+    @classmethod
+    def _backoff_order(cls, value: float, info: ValidationInfo) -> float:
+        initial = info.data.get("backoff_initial_ms")
+        if initial is not None and initial > value:
+            raise ValueError(
+                f"{value:g} is below backoff_initial_ms ({initial:g}): the first wait would "
+                "exceed the cap"
+            )
+        return value
+
+
+# The endpoint's verdict on the events themselves: the batch is bisected and the offending
+# events dead-lettered; retrying the same request would only get the same answer. Kept
+# equal to the set the batch processor acts on (a test compares them).
+EVENT_ERROR_STATUSES = frozenset({400, 413, 422})
+
+
+def _not_retriable(status: int) -> str:
+    """Why ``status`` cannot be a retry status, or "" when it can."""
+    if 200 <= status < 400:
+        return "is not a failure (2xx/3xx)"
+    if status in EVENT_ERROR_STATUSES:
+        return "is an event error: its batch is split and the bad events dead-lettered"
+    if not 400 <= status < 600:
+        return "is not an HTTP error status (4xx/5xx)"
+    return ""
 
 
 class RouteSettings(BaseModel):
@@ -260,7 +341,7 @@ class RouteSettings(BaseModel):
         """The configured DLQ, or Pulsar's conventional ``<topic>-<subscription>-DLQ``."""
         if self.failure.dead_letter_topic is not None:
             return self.failure.dead_letter_topic
-        return f"{self.source.topics[0]}-{self.source.subscription}-DLQ"
+        return topics.default_dead_letter_topic(self.source.topics[0], self.source.subscription)
 
 
 class Config(BaseModel):
@@ -283,236 +364,35 @@ class Config(BaseModel):
 
 # --------------------------------------------------------------------------- loading
 
-M = TypeVar("M", bound=BaseModel)
 
-_CREDENTIAL_KEYS = frozenset(
-    {
-        "auth_type",
-        "client_id",
-        "client_secret",
-        "token",
-        "profile",
-        "oidc_token_file",
-        "oidc_token_env",
-    }
-)
-_ENV_FALLBACK = {
-    "host": "DATABRICKS_HOST",
-    "auth_type": "DATABRICKS_AUTH_TYPE",
-    "client_id": "DATABRICKS_CLIENT_ID",
-    "client_secret": "DATABRICKS_CLIENT_SECRET",
-    "token": "DATABRICKS_TOKEN",
-    "profile": "DATABRICKS_CONFIG_PROFILE",
-}
+@dataclass(frozen=True)
+class ConfigReport:
+    """Everything found in a config directory: the config when valid, else its problems."""
+
+    config: Config | None
+    problems: list[ConfigProblem]
+    warnings: list[str]
 
 
-def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    directory: Path, env: Mapping[str, str] | None = None, *, redactor: Redactor | None = None
+) -> Config:
     """Read, validate and cross-check a config directory; raise ConfigError with every problem.
 
     Secrets are resolved once here so an unreadable secret file fails ``check`` and start-up,
-    but they are read again whenever used.
+    but they are read again whenever used; ``redactor`` learns every value revealed.
     """
-    env = dict(os.environ if env is None else env)
-    context = {"base_dir": directory, "env": env}
-    problems: list[ConfigProblem] = []
-    warnings: list[str] = []
-    bridge_file = directory / "bridge.toml"
-    raw_bridge = _read_toml(bridge_file, problems, required=False)
-    bridge = _parse_bridge(raw_bridge, bridge_file, env, context, problems)
-
-    routes: list[RouteSettings] = []
-    routes_dir = directory / "routes"
-    files = sorted(routes_dir.glob("*.toml")) if routes_dir.is_dir() else []
-    if not files and directory.is_dir():
-        problems.append(ConfigProblem(str(routes_dir), "", "no route files (routes/*.toml)"))
-    if not directory.is_dir():
-        problems.append(ConfigProblem(str(directory), "", "config directory does not exist"))
-    for path in files:
-        raw = _read_toml(path, problems, required=True)
-        if raw is None:
-            continue
-        reserved = sorted({"name", "file"} & raw.keys())
-        for key in reserved:
-            # The route's name is its file name; a key of that name would be ignored.
-            problems.append(ConfigProblem(str(path), key, "Extra inputs are not permitted"))
-        if reserved:
-            continue
-        data = {**raw, "name": path.stem, "file": str(path)}
-        route = _validate(RouteSettings, data, path, context, problems)
-        if route is not None:
-            routes.append(route)
-
-    problems.extend(_check_routes(routes))
-    if bridge is not None:
-        problems.extend(_check_workspaces(bridge, routes, bridge_file))
-        problems.extend(_check_secrets(bridge, bridge_file, warnings))
-    if problems:
-        raise ConfigError(problems)
-    assert bridge is not None
-    return Config(
-        directory=directory, bridge=bridge, routes=tuple(routes), warnings=tuple(warnings)
-    )
+    report = inspect_config(directory, env, redactor=redactor)
+    if report.config is None:
+        raise ConfigError(report.problems)
+    return report.config
 
 
-def _read_toml(
-    path: Path, problems: list[ConfigProblem], *, required: bool
-) -> dict[str, Any] | None:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        if required:
-            problems.append(ConfigProblem(str(path), "", "file not found"))
-        return {} if not required else None
-    except tomllib.TOMLDecodeError as exc:
-        problems.append(ConfigProblem(str(path), "", f"invalid TOML: {exc}"))
-    except OSError as exc:
-        problems.append(ConfigProblem(str(path), "", f"cannot read: {exc.strerror}"))
-    return None
+def inspect_config(
+    directory: Path, env: Mapping[str, str] | None = None, *, redactor: Redactor | None = None
+) -> ConfigReport:
+    """Like :func:`load_config`, but returns the problems with the warnings (for ``check``)."""
+    # Imported here: the loader builds the models above, so it imports this module.
+    from bridge.config_load import read_directory
 
-
-def _parse_bridge(
-    raw: dict[str, Any] | None,
-    path: Path,
-    env: Mapping[str, str],
-    context: dict[str, Any],
-    problems: list[ConfigProblem],
-) -> BridgeSettings | None:
-    if raw is None:
-        return None
-    data = dict(raw)
-    if "workspaces" in data:
-        # Extra workspaces are written [databricks.<name>]; this key is ours, not the user's.
-        problems.append(ConfigProblem(str(path), "workspaces", "Extra inputs are not permitted"))
-        return None
-    databricks = data.get("databricks", {})
-    if isinstance(databricks, dict):
-        # [databricks.<profile>] sub-tables are extra workspaces selected by endpoint.workspace.
-        data["workspaces"] = {k: v for k, v in databricks.items() if isinstance(v, dict)}
-        data["databricks"] = _with_env_fallback(
-            {k: v for k, v in databricks.items() if not isinstance(v, dict)}, env
-        )
-    return _validate(BridgeSettings, data, path, context, problems)
-
-
-def _with_env_fallback(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Fill unset keys from the Databricks unified-auth environment variables.
-
-    The host always falls back. Credentials fall back only when the file names none:
-    mixing a file's client secret with a token from the environment would silently change
-    which identity the bridge uses.
-    """
-    out = dict(section)
-    if "host" not in out and env.get("DATABRICKS_HOST"):
-        out["host"] = env["DATABRICKS_HOST"]
-    if not _CREDENTIAL_KEYS & out.keys():
-        for key, var in _ENV_FALLBACK.items():
-            if key != "host" and env.get(var):
-                out[key] = env[var] if key in ("auth_type", "profile") else f"env:{var}"
-    return out
-
-
-def _validate(
-    model: type[M],
-    data: dict[str, Any],
-    path: Path,
-    context: dict[str, Any],
-    problems: list[ConfigProblem],
-) -> M | None:
-    try:
-        return model.model_validate(data, context=context)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = [
-                str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))
-            ]
-            key = ".".join(loc)
-            if key.startswith("workspaces."):
-                key = "databricks." + key[len("workspaces.") :]
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(ConfigProblem(str(path), key, message))
-        return None
-
-
-def _check_routes(routes: list[RouteSettings]) -> list[ConfigProblem]:
-    """Problems between routes, found whatever state bridge.toml is in."""
-    problems: list[ConfigProblem] = []
-    claimed: dict[tuple[str, str], str] = {}
-    for route in routes:
-        for topic in route.source.topics:
-            key = (route.source.subscription, topic)
-            if key in claimed:
-                problems.append(
-                    ConfigProblem(
-                        route.file,
-                        "source.subscription",
-                        f"subscription {key[0]!r} on topic {topic!r} is already used by "
-                        f"{claimed[key]}",
-                    )
-                )
-            claimed.setdefault(key, route.file)
-        if route.result.topic in route.source.topics:
-            problems.append(
-                ConfigProblem(route.file, "result.topic", "must differ from the source topics")
-            )
-    return problems
-
-
-def _check_workspaces(
-    bridge: BridgeSettings, routes: list[RouteSettings], bridge_file: Path
-) -> list[ConfigProblem]:
-    """Every named-endpoint route has a workspace with a host."""
-    problems: list[ConfigProblem] = []
-    for route in routes:
-        if route.endpoint.name is None:
-            continue
-        ws_name = route.endpoint.workspace
-        if ws_name is not None and ws_name not in bridge.workspaces:
-            problems.append(
-                ConfigProblem(
-                    route.file, "endpoint.workspace", f"no [databricks.{ws_name}] in {bridge_file}"
-                )
-            )
-            continue
-        workspace = bridge.workspaces[ws_name] if ws_name else bridge.databricks
-        if workspace.host is None and workspace.resolved_auth_type != "databricks-sdk":
-            section = "databricks" if ws_name is None else f"databricks.{ws_name}"
-            problems.append(
-                ConfigProblem(
-                    str(bridge_file),
-                    f"{section}.host",
-                    f"required by route {route.name!r} (endpoint.name); or set DATABRICKS_HOST",
-                )
-            )
-    return problems
-
-
-def _check_secrets(
-    bridge: BridgeSettings, bridge_file: Path, warnings: list[str]
-) -> list[ConfigProblem]:
-    problems: list[ConfigProblem] = []
-    sections = {"databricks": bridge.databricks} | {
-        f"databricks.{name}": ws for name, ws in bridge.workspaces.items()
-    }
-    for section, ws in sections.items():
-        for field in ("client_id", "client_secret", "token"):
-            secret = getattr(ws, field)
-            if secret is None:
-                continue
-            try:
-                secret.reveal(
-                    warn=lambda text, where=f"{section}.{field}": warnings.append(
-                        f"{bridge_file}: {where}: {text}"
-                    )
-                )
-            except SecretError as exc:
-                problems.append(ConfigProblem(str(bridge_file), f"{section}.{field}", str(exc)))
-    auth = bridge.pulsar.auth
-    if isinstance(auth, PulsarTokenAuth):
-        try:
-            auth.token.reveal(
-                warn=lambda text: warnings.append(f"{bridge_file}: pulsar.auth.token: {text}")
-            )
-        except SecretError as exc:
-            problems.append(ConfigProblem(str(bridge_file), "pulsar.auth.token", str(exc)))
-    return problems
+    return read_directory(directory, dict(os.environ if env is None else env), redactor)

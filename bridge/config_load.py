@@ -1,0 +1,412 @@
+"""Read a config directory into settings, turning everything wrong into a ConfigProblem.
+
+    read_directory   bridge.toml and routes/*.toml -> a ConfigReport (config or problems,
+                     and warnings either way); bridge.config.load_config raises on problems
+    validate         one model from one table; each pydantic error becomes file, dotted key
+                     (``failure.retry_statuses[0]``) and message, with the offending value
+                     when the message does not show it, and for an unknown key the known key
+                     it most resembles ("did you mean 'max_in_flight'?")
+
+Each file is validated on its own and the rules between files (:mod:`bridge.config_rules`)
+run on whatever could be read, so ``check`` lists every problem in one pass: a missing
+config directory is the one exception, reported alone since nothing else can be judged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+import types
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+from bridge import config_rules
+from bridge.config import (
+    BridgeSettings,
+    Config,
+    ConfigReport,
+    RouteSettings,
+    SecretField,
+    WorkspaceSettings,
+)
+from bridge.errors import ConfigProblem
+from bridge.redaction import Redactor
+from bridge.secrets import Secret
+
+M = TypeVar("M", bound=BaseModel)
+
+# Never echoed back in a problem, whatever their type.
+SECRET_KEYS = frozenset({"client_id", "client_secret", "token"})
+# The message of these already says what is wrong with the value, or has no single value.
+_VALUE_SHOWN = frozenset({"missing", "extra_forbidden", "value_error", "assertion_error"})
+
+
+_CREDENTIAL_KEYS = frozenset(
+    {
+        "auth_type",
+        "client_id",
+        "client_secret",
+        "token",
+        "profile",
+        "oidc_token_file",
+        "oidc_token_env",
+    }
+)
+_ENV_FALLBACK = {
+    "host": "DATABRICKS_HOST",
+    "auth_type": "DATABRICKS_AUTH_TYPE",
+    "client_id": "DATABRICKS_CLIENT_ID",
+    "client_secret": "DATABRICKS_CLIENT_SECRET",
+    "token": "DATABRICKS_TOKEN",
+    "profile": "DATABRICKS_CONFIG_PROFILE",
+}
+
+
+def read_directory(
+    directory: Path, env: Mapping[str, str], redactor: Redactor | None
+) -> ConfigReport:
+    """Every problem and warning in ``directory``, and the config when there is no problem."""
+    if not directory.is_dir():
+        # Nothing else can be judged, and anything else said would only mislead.
+        what = "is not a directory" if directory.exists() else "does not exist"
+        return ConfigReport(
+            None, [ConfigProblem(str(directory), "", f"config directory {what}")], []
+        )
+    context = {"base_dir": directory, "env": env, "redactor": redactor}
+    problems: list[ConfigProblem] = []
+    bridge_file = directory / "bridge.toml"
+    data, from_env = _bridge_data(
+        read_toml(bridge_file, problems, required=False), bridge_file, env, problems
+    )
+    bridge = None
+    if data is not None:
+        found: list[ConfigProblem] = []
+        bridge = validate(BridgeSettings, data, bridge_file, context, found, hidden={"workspaces"})
+        problems.extend(_as_written(found, from_env))
+
+    routes_dir = directory / "routes"
+    files, warnings = route_files(routes_dir)
+    if not files:
+        problems.append(ConfigProblem(str(routes_dir), "", "no route files (routes/*.toml)"))
+    routes, views = _read_routes(files, context, problems)
+
+    problems.extend(config_rules.check_subscriptions(views))
+    problems.extend(config_rules.check_loops(views))
+    warnings.extend(config_rules.non_persistent_outputs(views))
+    if data is not None:
+        workspaces = _workspaces(data, context)
+        problems.extend(config_rules.check_workspaces(workspaces, views, bridge_file))
+        secrets = _secrets(data, context)
+        problems.extend(config_rules.check_secrets(secrets, bridge_file, warnings))
+        problems.extend(config_rules.check_credential_files(data, env, bridge_file, warnings))
+    # Grouped by file, bridge.toml first; each file's problems stay in the order found.
+    problems.sort(key=lambda p: (p.file != str(bridge_file), p.file))
+    if problems or bridge is None:
+        return ConfigReport(None, problems, warnings)
+    config = Config(
+        directory=directory, bridge=bridge, routes=tuple(routes), warnings=tuple(warnings)
+    )
+    return ConfigReport(config, [], warnings)
+
+
+def _read_routes(
+    files: list[Path], context: Mapping[str, Any], problems: list[ConfigProblem]
+) -> tuple[list[RouteSettings], list[config_rules.RouteView]]:
+    """The valid routes, and a view of every readable route file for the rules between them."""
+    routes: list[RouteSettings] = []
+    views: list[config_rules.RouteView] = []
+    for path in files:
+        raw = read_toml(path, problems, required=True)
+        if raw is None:
+            continue
+        views.append(config_rules.RouteView.read(path.stem, str(path), raw))
+        reserved = sorted({"name", "file"} & raw.keys())
+        for key in reserved:
+            # The route's name is its file name; a key of that name would be ignored.
+            problems.append(ConfigProblem(str(path), key, "Extra inputs are not permitted"))
+        if reserved:
+            continue
+        data = {**raw, "name": path.stem, "file": str(path)}
+        route = validate(RouteSettings, data, path, context, problems, hidden={"name", "file"})
+        if route is not None:
+            routes.append(route)
+    return routes, views
+
+
+def _bridge_data(
+    raw: dict[str, Any] | None, path: Path, env: Mapping[str, str], problems: list[ConfigProblem]
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """bridge.toml as BridgeSettings takes it: sub-tables split out, the env fallback applied.
+
+    Also returns the keys the environment filled in, by the variable each came from.
+    """
+    if raw is None:
+        return None, {}
+    data = dict(raw)
+    if "workspaces" in data:
+        # Extra workspaces are written [databricks.<name>]; this key is ours, not the user's.
+        problems.append(
+            ConfigProblem(
+                str(path),
+                "workspaces",
+                "Extra inputs are not permitted; did you mean 'databricks.<name>'?",
+            )
+        )
+        return None, {}
+    databricks = data.get("databricks", {})
+    if not isinstance(databricks, dict):
+        return data, {}
+    # [databricks.<profile>] sub-tables are extra workspaces selected by endpoint.workspace.
+    data["workspaces"] = {k: v for k, v in databricks.items() if isinstance(v, dict)}
+    table = {k: v for k, v in databricks.items() if not isinstance(v, dict)}
+    data["databricks"] = _with_env_fallback(table, env)
+    from_env = {
+        f"databricks.{key}": _ENV_FALLBACK[key] for key in data["databricks"].keys() - table.keys()
+    }
+    return data, from_env
+
+
+def _as_written(problems: list[ConfigProblem], from_env: Mapping[str, str]) -> list[ConfigProblem]:
+    """Problems of bridge.toml named as the file spells them, and where a value came from."""
+    named = []
+    for problem in problems:
+        key = problem.key
+        if key.startswith("workspaces."):
+            key = "databricks." + key.removeprefix("workspaces.")
+        message = problem.message
+        if key in from_env:
+            message += f" (from the environment variable {from_env[key]})"
+        named.append(ConfigProblem(problem.file, key, message))
+    return named
+
+
+def _with_env_fallback(section: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Fill unset keys from the Databricks unified-auth environment variables.
+
+    The host always falls back. Credentials fall back only when the file names none:
+    mixing a file's client secret with a token from the environment would silently change
+    which identity the bridge uses.
+    """
+    out = dict(section)
+    if "host" not in out and env.get("DATABRICKS_HOST"):
+        out["host"] = env["DATABRICKS_HOST"]
+    if not _CREDENTIAL_KEYS & out.keys():
+        for key, var in _ENV_FALLBACK.items():
+            if key != "host" and env.get(var):
+                out[key] = env[var] if key in ("auth_type", "profile") else f"env:{var}"
+    return out
+
+
+def _workspaces(
+    data: Mapping[str, Any], context: Mapping[str, Any]
+) -> dict[str | None, WorkspaceSettings | None]:
+    """Each workspace section on its own, None where invalid, so one bad section (already
+    reported) leaves the others checkable against the routes."""
+    tables: dict[str | None, object] = {None: data.get("databricks", {})}
+    tables.update(data.get("workspaces", {}))
+    found: dict[str | None, WorkspaceSettings | None] = {}
+    for name, table in tables.items():
+        try:
+            found[name] = WorkspaceSettings.model_validate(table, context=dict(context))
+        except ValidationError:
+            found[name] = None
+    return found
+
+
+class _Secret(BaseModel):
+    """One secret on its own, so an error beside it does not hide a secret that won't resolve."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    client_id: SecretField | None = None
+    client_secret: SecretField | None = None
+    token: SecretField | None = None
+
+
+def _secrets(data: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Secret]:
+    """Every secret bridge.toml names, by dotted key, built as the settings build them."""
+    tables: dict[str, object] = {"databricks": data.get("databricks")}
+    workspaces = data.get("workspaces")
+    if isinstance(workspaces, dict):
+        tables.update({f"databricks.{name}": t for name, t in workspaces.items()})
+    pulsar = data.get("pulsar")
+    auth = pulsar.get("auth") if isinstance(pulsar, dict) else None
+    if isinstance(auth, dict) and auth.get("type") == "token":
+        tables["pulsar.auth"] = {"token": auth.get("token")}
+    found: dict[str, Secret] = {}
+    for section, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        for field in _Secret.model_fields:
+            if table.get(field) is None:
+                continue
+            try:
+                one = _Secret.model_validate({field: table[field]}, context=dict(context))
+            except ValidationError:
+                continue  # not a string: the settings validation reports it
+            secret = getattr(one, field)
+            assert isinstance(secret, Secret)
+            found[f"{section}.{field}"] = secret
+    return found
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_toml(
+    path: Path, problems: list[ConfigProblem], *, required: bool
+) -> dict[str, Any] | None:
+    """The file's table; ``{}`` for an optional file that is absent, None on a problem."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        if required:
+            problems.append(ConfigProblem(str(path), "", "file not found"))
+        return {} if not required else None
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(ConfigProblem(str(path), "", f"invalid TOML: {exc}"))
+    except OSError as exc:
+        problems.append(ConfigProblem(str(path), "", f"cannot read: {exc.strerror}"))
+    return None
+
+
+def route_files(routes_dir: Path) -> tuple[list[Path], list[str]]:
+    """``routes/*.toml`` in name order, and a warning for each other entry, which is ignored.
+
+    Hidden entries (a leading dot: editor swap files, the ``..data`` links of a Kubernetes
+    ConfigMap volume) are passed over in silence, as tools conventionally do.
+    """
+    if not routes_dir.is_dir():
+        return [], []
+    files, warnings = [], []
+    for path in sorted(routes_dir.iterdir()):
+        if path.suffix == ".toml":
+            files.append(path)
+        elif not path.name.startswith("."):
+            kind = "directory" if path.is_dir() else "file"
+            warnings.append(f"{path}: ignored {kind}: only routes/*.toml files are routes")
+    return files, warnings
+
+
+def validate(
+    model: type[M],
+    data: Mapping[str, Any],
+    path: Path,
+    context: Mapping[str, Any],
+    problems: list[ConfigProblem],
+    *,
+    hidden: Collection[str] = (),
+) -> M | None:
+    """``model`` from ``data``, or None with every error added to ``problems``.
+
+    ``hidden`` are top-level fields the loader fills in itself, never suggested to a user.
+    """
+    try:
+        return model.model_validate(data, context=dict(context))
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = dotted(_user_loc(model, err["loc"]))
+            problems.append(ConfigProblem(str(path), key, _message(model, err, hidden)))
+        return None
+
+
+def dotted(loc: Sequence[str | int]) -> str:
+    """``("failure", "retry_statuses", 0)`` -> ``failure.retry_statuses[0]``."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key
+
+
+def _message(model: type[BaseModel], err: ErrorDetails, hidden: Collection[str]) -> str:
+    message = err["msg"].removeprefix("Value error, ")
+    loc = _user_loc(model, err["loc"])
+    if err["type"] == "extra_forbidden" and loc:
+        known = _known_keys(model, err["loc"][:-1])
+        if known is not None:
+            if len(loc) == 1:
+                known = [k for k in known if k not in hidden]
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            if close:
+                return f"{message}; did you mean {close[0]!r}?"
+            return f"{message}; known keys here: {', '.join(known)}"
+    value = err.get("input")
+    secret = any(str(p) in SECRET_KEYS for p in loc)
+    if err["type"] not in _VALUE_SHOWN and not secret and _scalar(value):
+        shown = repr(value)
+        message += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+    return message
+
+
+def _scalar(value: object) -> bool:
+    if isinstance(value, list):
+        return all(_scalar(v) for v in value)
+    return isinstance(value, str | int | float | bool)
+
+
+def _user_loc(model: type[BaseModel], loc: Sequence[str | int]) -> list[str | int]:
+    """``loc`` as the user wrote it: without validator names and union tags."""
+    return _walk(model, loc)[1]
+
+
+def _known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] | None:
+    """The field names of the table at ``loc`` inside ``model``, or None if it is no table."""
+    node = _walk(model, loc)[0]
+    while get_origin(node) in (Annotated, Union, types.UnionType):
+        node = _member(node, [])
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return None
+
+
+def _walk(model: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, list[str | int]]:
+    """(the type found at ``loc``, or None; the parts of ``loc`` that are keys or indexes).
+
+    Follows the shapes the settings use: nested models, lists, ``X | None``,
+    ``dict[str, Model]`` (the key is a name the user chose), discriminated unions (pydantic
+    puts the tag in the loc, though the user never wrote it as a key) and validators
+    (named in the loc as ``function-...``).
+    """
+    node: Any = model
+    parts = [p for p in loc if not str(p).startswith(("function-", "tagged-union"))]
+    kept: list[str | int] = []
+    while parts:
+        if get_origin(node) in (Annotated, Union, types.UnionType):
+            node = _member(node, parts)
+            continue
+        part = parts.pop(0)
+        kept.append(part)
+        if get_origin(node) in (dict, list):
+            node = get_args(node)[-1]
+        elif isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            node = None if field is None else field.annotation
+        else:
+            node = None
+    return node, kept
+
+
+def _member(node: Any, parts: list[str | int]) -> Any:
+    """Inside ``Annotated``, ``X | None``, or the discriminated-union member the next loc
+    part tags (consumed)."""
+    if get_origin(node) is Annotated:
+        return get_args(node)[0]
+    members = [m for m in get_args(node) if m is not type(None)]
+    if len(members) > 1:
+        tag = parts.pop(0) if parts else None
+        members = [m for m in members if _tag(m) == tag]
+    return members[0] if len(members) == 1 else None
+
+
+def _tag(member: Any) -> object:
+    """The ``type`` literal of a discriminated-union member."""
+    if isinstance(member, type) and issubclass(member, BaseModel):
+        field = member.model_fields.get("type")
+        if field is not None and get_args(field.annotation):
+            return get_args(field.annotation)[0]
+    return None
