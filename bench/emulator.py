@@ -1,7 +1,9 @@
-"""The Databricks emulator in a process of its own, without auth, with optional latency.
+"""The Databricks emulator in a process of its own, without auth, with optional latency
+and capacity.
 
 A separate process keeps the endpoint's CPU out of the orchestrator's GIL and makes it
-visible in the CPU accounting. Prints ``ready`` with the ``url``; SIGTERM stops it.
+visible in the CPU accounting. Prints ``ready`` with the ``url``; SIGTERM stops it. Its
+``/_emulator/`` control routes (stats, faults) stay reachable while it runs.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ from bridge.emulator import EmulatorServer, EmulatorState
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--capacity", type=int, help="invocations answered at once; beyond them 429 at once"
+    )
     args = parser.parse_args()
     state = EmulatorState(auth=False)
+    faults: dict[str, object] = {}
     if args.latency_ms:
-        state.faults.update({"latency_ms": args.latency_ms}, now=0)
+        faults["latency_ms"] = args.latency_ms
+    if args.capacity is not None:
+        faults["capacity"] = args.capacity
+    if faults:
+        state.faults.update(faults, now=0)
     EmulatorServer(state).run(on_ready=lambda url: emit("ready", url=url))
 
 

@@ -190,6 +190,36 @@ class CpuWindow:
         }
 
 
+class MemorySampler:
+    """Samples a process's RSS every ``interval_s`` from a thread; ``VmHWM`` at the end."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        self._pid = pid
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []  # (monotonic s, RSS kB)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            rss = memory_kb(self._pid).get("VmRSS")
+            if rss is not None:
+                self.samples.append((time.monotonic(), rss))
+
+    def finish(self) -> dict[str, Any]:
+        """Stop sampling; peak RSS, and RSS at each quarter of the run, in MB."""
+        peak_kb = memory_kb(self._pid).get("VmHWM", 0)
+        self._stop.set()
+        self._thread.join()
+        rss = [kb for _, kb in self.samples]
+        quarters = [rss[min(len(rss) - 1, len(rss) * q // 4)] for q in (1, 2, 3, 4)] if rss else []
+        return {
+            "peak_rss_mb": round(peak_kb / 1024, 1),
+            "rss_mb_by_quarter": [round(kb / 1024, 1) for kb in quarters],
+        }
+
+
 def linger() -> None:
     """Wait for the orchestrator's SIGTERM, so the process's CPU time stays readable."""
     threading.Event().wait()

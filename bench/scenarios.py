@@ -17,7 +17,6 @@ from __future__ import annotations
 import signal
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from typing import Any
 
 from bench import profile as profiler
 from bench.payload import prefill
-from bench.procs import Bridge, Broker, CpuWindow, Worker, memory_kb
+from bench.procs import Bridge, Broker, CpuWindow, MemorySampler, Worker
 from tests.support.harness import Topics, route_config, write_config
 
 BATCH = 100
@@ -101,12 +100,14 @@ class Started:
 
     pid: int
     stop: Callable[[], dict[str, Any]]  # stops it; returns what it reports at the end
+    metrics_url: str | None = None  # the bridge's Prometheus endpoint
 
 
 @contextmanager
-def running_emulator(latency_ms: float) -> Iterator[Emulator]:
-    """An emulator process for as long as the block runs."""
-    worker = Worker("emulator", ["--latency-ms", str(latency_ms)])
+def running_emulator(latency_ms: float, capacity: int | None = None) -> Iterator[Emulator]:
+    """An emulator process for as long as the block runs (``capacity``: 429 beyond it)."""
+    args = ["--latency-ms", str(latency_ms)]
+    worker = Worker("emulator", args if capacity is None else [*args, "--capacity", str(capacity)])
     try:
         ready = worker.wait_for("ready", 30)
         yield Emulator(ready["url"], worker.pid, latency_ms)
@@ -217,7 +218,9 @@ def naive(rig: Rig, events: int, timeout: float) -> Run:
     return drain(rig, "naive", events, timeout, start, extra_pids={"emulator": rig.instant.pid})
 
 
-def endpoint_probe(rig: Rig, emulator: Emulator, events: int, concurrency: int) -> Run:
+def endpoint_probe(
+    rig: Rig, emulator: Emulator, events: int, concurrency: int, scenario: str = "endpoint_50ms"
+) -> Run:
     """:mod:`bench.endpoint_probe`: what ``concurrency`` bare requests of BATCH get."""
     url = f"{emulator.url}/serving-endpoints/{ENDPOINT}/invocations"
     worker = Worker(
@@ -235,7 +238,7 @@ def endpoint_probe(rig: Rig, emulator: Emulator, events: int, concurrency: int) 
     finally:
         worker.stop()
     return Run(
-        "endpoint_50ms",
+        scenario,
         events=done["count"],
         seconds=done["seconds"],
         cpu_cores=cores,
@@ -252,6 +255,7 @@ class BridgeOptions:
 
     emulator: Emulator
     max_in_flight: int
+    concurrency: str | None = None  # "adaptive" | "fixed"; None: the shipped default
     sample_memory: bool = False
     profile: Path | None = None  # py-spy raw output path
     profile_gil: bool = False  # only samples holding the GIL
@@ -261,7 +265,11 @@ def _bridge_config(rig: Rig, topics: Topics, options: BridgeOptions) -> Path:
     directory = Path(tempfile.mkdtemp(prefix="bridge-", dir=rig.workdir))
     route = route_config(
         topics,
-        endpoint={"name": ENDPOINT, "max_in_flight": options.max_in_flight},
+        endpoint={
+            "name": ENDPOINT,
+            "max_in_flight": options.max_in_flight,
+            **({} if options.concurrency is None else {"concurrency": options.concurrency}),
+        },
         batch={"max_events": BATCH, "linger_ms": LINGER_MS},
         result={"topic": topics.result, "passthrough": ["id", "ts"]},
     )
@@ -271,36 +279,6 @@ def _bridge_config(rig: Rig, topics: Topics, options: BridgeOptions) -> Path:
         databricks={"host": options.emulator.url, "auth_type": "none"},
         routes={"bench": route},
     )
-
-
-class MemorySampler:
-    """Samples a process's RSS every ``interval_s`` from a thread; ``VmHWM`` at the end."""
-
-    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
-        self._pid = pid
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.samples: list[tuple[float, int]] = []  # (monotonic s, RSS kB)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            rss = memory_kb(self._pid).get("VmRSS")
-            if rss is not None:
-                self.samples.append((time.monotonic(), rss))
-
-    def finish(self) -> dict[str, Any]:
-        """Stop sampling; peak RSS, and RSS at each quarter of the run, in MB."""
-        peak_kb = memory_kb(self._pid).get("VmHWM", 0)
-        self._stop.set()
-        self._thread.join()
-        rss = [kb for _, kb in self.samples]
-        quarters = [rss[min(len(rss) - 1, len(rss) * q // 4)] for q in (1, 2, 3, 4)] if rss else []
-        return {
-            "peak_rss_mb": round(peak_kb / 1024, 1),
-            "rss_mb_by_quarter": [round(kb / 1024, 1) for kb in quarters],
-        }
 
 
 def _bridge_report(bridge: Bridge) -> dict[str, Any]:
@@ -322,6 +300,7 @@ def start_bridge(rig: Rig, topics: Topics, options: BridgeOptions) -> Started:
     bridge = Bridge(_bridge_config(rig, topics, options))
     bridge.start()
     bridge.wait_ready(timeout=60)
+    listening = bridge.events("http_listening")
     memory = MemorySampler(bridge.pid) if options.sample_memory else None
     spy = (
         None
@@ -344,17 +323,26 @@ def start_bridge(rig: Rig, topics: Topics, options: BridgeOptions) -> Started:
         report.update(_bridge_report(bridge), exit_code=code)
         return report
 
-    return Started(bridge.pid, stop)
+    return Started(bridge.pid, stop, str(listening[0]["url"]) + "/metrics" if listening else None)
+
+
+def settled_once(run: Run, events: int) -> bool:
+    """Whether the bridge's own summary agrees: every event consumed once (pulsar-lite
+    redelivers what is acked late), one result each, nothing nacked or dead-lettered."""
+    summary = run.details.get("summary") or {}
+    return bool(
+        summary.get("events_in") == events
+        and summary.get("results_out") == events
+        and summary.get("nacked") == 0
+        and summary.get("dead_lettered") == 0
+    )
 
 
 def bridge_drain(
     rig: Rig, scenario: str, events: int, timeout: float, options: BridgeOptions
 ) -> Run:
-    """The bridge draining a backlog of ``events`` through ``options.emulator``.
-
-    ``settled_once`` says whether the bridge's own summary agrees: every event consumed
-    once (pulsar-lite redelivers what is acked late), one result each, nothing nacked.
-    """
+    """The bridge draining a backlog of ``events`` through ``options.emulator``
+    (``settled_once`` in its details, see :func:`settled_once`)."""
     run = drain(
         rig,
         scenario,
@@ -363,13 +351,7 @@ def bridge_drain(
         lambda topics: start_bridge(rig, topics, options),
         extra_pids={"emulator": options.emulator.pid},
     )
-    summary = run.details.get("summary") or {}
-    run.details["settled_once"] = (
-        summary.get("events_in") == events
-        and summary.get("results_out") == events
-        and summary.get("nacked") == 0
-        and summary.get("dead_lettered") == 0
-    )
+    run.details["settled_once"] = settled_once(run, events)
     return run
 
 
