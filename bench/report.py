@@ -12,12 +12,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from bench import capacity
 from bench.scenarios import BATCH, LINGER_MS, Run
 
 # Peak RSS of the 1M backlog may exceed the small backlog's by this much and still count
 # as "not growing with backlog size" (allocator noise, not a per-event leak).
 GROWTH_TOLERANCE = 0.10
 MAX_RSS_MB = 200.0
+# The adaptive limit against an endpoint of capacity C: this share of C x batch / latency
+# (a round trip pays both HTTP stacks on top of the 50 ms), with at most this share of 429s.
+CAPACITY_MIN_RATIO = 0.90
+CAPACITY_MAX_429 = 0.02
+# After the capacity is halved, the limit is at or below C/2 within this many seconds.
+HALVING_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,66 @@ def build(runs: Mapping[str, Sequence[Run]], settings: Mapping[str, Any]) -> lis
             )
         )
     rows += _memory_rows(runs)
+    rows += _capacity_rows(runs, settings["capacity"])
+    return rows
+
+
+def _median_detail(runs: Sequence[Run], key: str) -> float | None:
+    values = [float(r.details[key]) for r in runs if r.details.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _capacity_rows(runs: Mapping[str, Sequence[Run]], c: int) -> list[Row]:
+    """Adaptive vs fixed limits against capacity ``c``, then the halving of ``c``."""
+    rows: list[Row] = []
+    ideal = capacity.little(c)
+    for limiting in capacity.ROWS:
+        row_runs = runs.get(limiting.scenario)
+        if not row_runs:
+            continue
+        median = Median.of(row_runs)
+        ratio = median.rate / ideal
+        share = _median_detail(row_runs, "share_429") or 0.0
+        extra: dict[str, Any] = {"ratio": f"{ratio:.2f} x {ideal:,.0f}/s, 429s {share:.1%}"}
+        if limiting.concurrency == "adaptive":
+            extra["target"] = f">= {CAPACITY_MIN_RATIO:.2f}, 429s <= {CAPACITY_MAX_429:.0%}"
+            extra["met"] = (
+                ratio >= CAPACITY_MIN_RATIO and share <= CAPACITY_MAX_429 and median.complete
+            )
+        limit = f"{limiting.capacity_multiple * c}"
+        label = "adaptive, ceiling " if limiting.concurrency == "adaptive" else "fixed "
+        rows.append(_row(f"capacity {c} at once, 50 ms: {label}{limit}", median, **extra))
+    probe = runs.get("endpoint_capacity")
+    if probe:
+        median = Median.of(probe)
+        adaptive = runs.get(capacity.ROWS[0].scenario)
+        ratio_text = f"{median.rate / ideal:.2f} x {ideal:,.0f}/s"
+        if adaptive:
+            ratio_text += f"; adaptive {Median.of(adaptive).rate / median.rate:.2f} x"
+        rows.append(
+            _row(f"  reference: bare httpx client, {c} in flight", median, ratio=ratio_text)
+        )
+    halved = runs.get("capacity_halved")
+    if halved:
+        median = Median.of(halved)
+        reaction = [r.details.get("reaction_s") for r in halved]
+        # A repetition whose limit never came down counts as slower than any that did.
+        seconds = statistics.median(float("inf") if s is None else float(s) for s in reaction)
+        above = all((r.details.get("limit_at_halving") or 0) > c // 2 for r in halved)
+        after = _median_detail(halved, "rate_after_halving")
+        half_ideal = capacity.little(c // 2)
+        reached = f"limit <= {c // 2} after {seconds:.2f} s"
+        if after is not None:
+            reached += f"; then {after / half_ideal:.2f} x {half_ideal:,.0f}/s"
+        rows.append(
+            _row(
+                f"capacity halved {c} -> {c // 2} mid-run (adaptive)",
+                median,
+                ratio=reached,
+                target=f"<= {HALVING_MAX_S:.0f} s",
+                met=seconds <= HALVING_MAX_S and above and median.complete,
+            )
+        )
     return rows
 
 
@@ -249,7 +316,11 @@ def load_note(runs: Mapping[str, Sequence[Run]]) -> str:
     per_event = {
         name: statistics.median(r.relay_cpu_us_per_event for r in scenario_runs)
         for name, scenario_runs in runs.items()
-        if scenario_runs and name in ("ceiling", "bridge_instant", "bridge_50ms", "naive")
+        if scenario_runs
+        and (
+            name in ("ceiling", "bridge_instant", "bridge_50ms", "naive")
+            or name.startswith("capacity")
+        )
     }
     costs = ", ".join(f"{name} {us:.0f}" for name, us in per_event.items())
     return (

@@ -10,9 +10,13 @@ and measures, each scenario in its own processes on that broker:
    httpx client keeping 8 requests in flight on that endpoint (:mod:`bench.endpoint_probe`);
 4. a naive per-event synchronous script (:mod:`bench.naive`);
 5. publish -> result latency at half of the bridge's measured rate (:mod:`bench.pacer`);
-6. the bridge's peak RSS while it drains a 1,000,000 and a 250,000 event backlog.
+6. the bridge's peak RSS while it drains a 1,000,000 and a 250,000 event backlog;
+7. the bridge against an endpoint that answers at most C (``--capacity``, 4) requests at
+   once in 50 ms and 429 beyond: the adaptive limit (ceiling 4C) against fixed limits C
+   and 2C, and how fast the adaptive limit follows when C is halved mid-run
+   (:mod:`bench.capacity`).
 
-Scenarios 1-4 repeat ``--reps`` times, interleaved so that a burst of load from elsewhere
+Scenarios 1-4 and 7 repeat ``--reps`` times, interleaved so that a burst of load from elsewhere
 on the machine hits all of them alike; the table shows medians and the ratios between
 them. How the time is taken is in :mod:`bench.scenarios`. ``--profile`` adds two py-spy
 recordings of the bridge in scenario 2 (all threads; GIL holder only), summarised by
@@ -40,7 +44,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import profile, report
+from bench import capacity, profile, report
 from bench.payload import EVENT_BYTES, client
 from bench.procs import Broker
 from bench.scenarios import (
@@ -56,7 +60,16 @@ from bench.scenarios import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("ceiling", "bridge_instant", "bridge_50ms", "naive", "latency", "memory")
+SCENARIOS = (
+    "ceiling",
+    "bridge_instant",
+    "bridge_50ms",
+    "naive",
+    "latency",
+    "memory",
+    "capacity",
+    "capacity_halved",
+)
 SLOW_LATENCY_MS = 50.0
 SLOW_IN_FLIGHT = 8
 ATTEMPTS = 2
@@ -80,6 +93,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--max-in-flight", type=int, default=4, help="instant scenario (default 4, as shipped)"
+    )
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=4,
+        help="requests the capacity scenarios' endpoint answers at once (default 4, >= 2)",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the instant scenario")
     parser.add_argument(
@@ -105,6 +124,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     unknown = args.only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) in --only: {', '.join(sorted(unknown))}")
+    if args.capacity < 2:
+        parser.error("--capacity must be at least 2 (it is halved)")
     return args
 
 
@@ -122,6 +143,10 @@ def _progress(label: str, run: Run) -> None:
     status = "" if run.complete else "  INCOMPLETE (time bound reached)"
     if run.details.get("settled_once") is False:
         status += f"  NOT SETTLED ONCE: {run.details.get('summary')}"
+    if "share_429" in run.details:
+        status += f"  429s {run.details['share_429']:.1%}"
+    if "reaction_s" in run.details:
+        status += f", limit at C/2 after {run.details['reaction_s']} s"
     _say(
         f"  {label}: {run.events:,} events in {run.seconds:.2f} s = {run.rate:,.0f}/s, "
         f"relay CPU {run.relay_cpu_us_per_event:.0f} us/event  [cores: {cores}]{status}"
@@ -149,6 +174,8 @@ def _meta(args: argparse.Namespace) -> dict[str, Any]:
         "max_in_flight": args.max_in_flight,
         "slow_latency_ms": SLOW_LATENCY_MS,
         "slow_in_flight": SLOW_IN_FLIGHT,
+        "capacity": args.capacity,
+        "capacity_latency_ms": capacity.LATENCY_MS,
         "cpus": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "python": platform.python_version(),
@@ -223,10 +250,27 @@ def _throughput(
     if "bridge_50ms" in args.only:  # the reference the 50 ms scenario is read against
         probe = ("endpoint_50ms", lambda: endpoint_probe(rig, rig.slow, n, SLOW_IN_FLIGHT))
         scenarios.append(probe)
+    scenarios += _capacity_scenarios(rig, args)
     for rep in range(args.reps if scenarios else 0):
         _say(f"repetition {rep + 1}/{args.reps}")
         for name, measure in scenarios:
             _measure(name, measure, runs, failed)
+
+
+def _capacity_scenarios(rig: Rig, args: argparse.Namespace) -> list[tuple[str, Callable[[], Run]]]:
+    """The capacity rows (adaptive, fixed C, fixed 2C) and the halving, as asked for."""
+    n, c, timeout = args.events, args.capacity, _timeout(args.events, 1000)
+    out: list[tuple[str, Callable[[], Run]]] = []
+    if "capacity" in args.only:
+        out += [
+            (row.scenario, partial(capacity.capacity_drain, rig, row, n, timeout, c))
+            for row in capacity.ROWS
+        ]
+        reference = partial(capacity.capacity_reference, rig, n, c)
+        out.append(("endpoint_capacity", reference))
+    if "capacity_halved" in args.only:
+        out.append(("capacity_halved", partial(capacity.capacity_halved, rig, n, timeout, c)))
+    return out
 
 
 def _latency(
@@ -313,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     meta["wall_seconds"] = round(time.monotonic() - started, 1)
     settings = {
+        "capacity": args.capacity,
         "max_in_flight": args.max_in_flight,
         "slow_in_flight": SLOW_IN_FLIGHT,
         "slow_latency_ms": SLOW_LATENCY_MS,
