@@ -3,6 +3,7 @@
 pulsar-bridge run     -c DIR     run the daemon until SIGTERM/SIGINT
 pulsar-bridge check   -c DIR     validate a config directory; exit 1 listing every problem
 pulsar-bridge emulate [...]      serve the local Databricks emulator
+pulsar-bridge send | tail | replay   operator tools (bridge.tools)
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["auto", "json", "console"],
         help="override [observe] log_format (auto: console at a terminal, else JSON)",
     )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override [observe] log_level (the Pulsar client's own lines included)",
+    )
     run.set_defaults(handler=_run)
 
     check = sub.add_parser("check", help="validate a config directory")
@@ -63,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_arguments(emulate)
     emulate.set_defaults(handler=_emulate)
+
+    from bridge.tools import add_commands  # send, tail, replay: their options live with them
+
+    add_commands(sub, _config_arg, handler=_tool)
     return parser
 
 
@@ -116,15 +126,31 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bridge.app import Bridge
+    from bridge.client_log import NativeStdout
     from bridge.observe import configure_logging
+    from bridge.pulsar_io import set_client_log_level
 
     config = _load(args.config)
     if config is None:
         return 1
     observe = config.bridge.observe
-    configure_logging(args.log_format or observe.log_format, observe.log_level)
-    code: int = asyncio.run(Bridge(config).run())
+    level = args.log_level or observe.log_level
+    # Every line on stdout is a log line: the Pulsar client's own included (client_log).
+    with NativeStdout():
+        configure_logging(args.log_format or observe.log_format, level)
+        set_client_log_level(level)
+        code: int = asyncio.run(Bridge(config).run())
     return code
+
+
+def _tool(args: argparse.Namespace) -> int:
+    """send, tail, replay: load the config, then the tool's own ``run``."""
+    from bridge.tools import run_tool
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    return run_tool(config, args)
 
 
 def _status(args: argparse.Namespace) -> int:

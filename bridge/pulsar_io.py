@@ -13,6 +13,7 @@ import functools
 import json
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import _pulsar
@@ -61,6 +62,39 @@ class Received:
     @property
     def redelivery_count(self) -> int:
         return int(self.message.redelivery_count())
+
+    @property
+    def publish_time_ms(self) -> int:
+        """When the broker stored the message (milliseconds since the epoch)."""
+        return int(self.message.publish_timestamp())
+
+    @property
+    def position(self) -> Position:
+        return Position.of(self.message.message_id())
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a message is stored: a broker entry, and its index when the entry is a batch."""
+
+    partition: int
+    ledger: int
+    entry: int
+    batch_index: int  # -1 when the entry holds one message
+
+    @classmethod
+    def of(cls, message_id: Any) -> Position:
+        return cls(
+            int(message_id.partition()),
+            int(message_id.ledger_id()),
+            int(message_id.entry_id()),
+            int(message_id.batch_index()),
+        )
+
+    @property
+    def entry_key(self) -> tuple[int, int, int]:
+        """The entry: Pulsar acknowledges a batch as a whole unless batch-index acks are on."""
+        return (self.partition, self.ledger, self.entry)
 
 
 class Source:
@@ -121,6 +155,69 @@ class Source:
             await self._consumer.close()
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(f"closing {self.description} failed: {exc}") from exc
+
+    async def last_position(self) -> Position | None:
+        """The position of the newest message on the topic; None when it has none.
+
+        pulsar-lite answers an empty topic with an error (UnknownError, "Topic has no
+        messages"), Apache Pulsar with an id before the first entry: both mean none.
+        """
+        try:
+            found = await asyncio.to_thread(self._consumer._consumer.get_last_message_id)
+        except _pulsar.UnknownError:
+            return None
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(f"last message id of {self.description}: {exc}") from exc
+        position = Position.of(found)
+        return None if position.entry < 0 else position
+
+
+class TopicReader:
+    """Reads a topic from its first message without a durable subscription (the tools).
+
+    The client's reader holds a non-durable subscription that ends with it, so reading
+    acknowledges nothing and keeps nothing on the broker (pulsar-lite keeps the reader's
+    subscription after it closes: see the README). The synchronous reader calls run in a
+    worker thread: they exist in every client version the project supports, the
+    asynchronous ones only from 3.13.
+    """
+
+    # The wait for a message the broker said is available (it is on its way).
+    AVAILABLE_WAIT_MS = 10_000
+
+    def __init__(self, reader: Any, topic: str) -> None:
+        self._reader = reader
+        self.topic = topic
+
+    async def read_available(self, limit: int) -> list[Received]:
+        """Up to ``limit`` of the messages stored so far and not yet read; [] at the end."""
+        return await asyncio.to_thread(self._read_available, limit)
+
+    def _read_available(self, limit: int) -> list[Received]:
+        out: list[Received] = []
+        try:
+            while len(out) < limit and self._reader.has_message_available():
+                out.append(Received(self._reader.read_next(self.AVAILABLE_WAIT_MS)))
+        except _pulsar.UnknownError:
+            pass  # pulsar-lite's answer when asked about a topic with no messages yet
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(f"reading {self.topic} failed: {exc}") from exc
+        return out
+
+    async def read(self, timeout_ms: int) -> Received | None:
+        """The next message, or None when none arrived within ``timeout_ms``."""
+        try:
+            return Received(await asyncio.to_thread(self._reader.read_next, timeout_ms))
+        except _pulsar.Timeout:
+            return None
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(f"reading {self.topic} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        try:
+            await asyncio.to_thread(self._reader.close)
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(f"closing the reader of {self.topic} failed: {exc}") from exc
 
 
 class CallbackThreads:
@@ -391,6 +488,43 @@ class PulsarConnection:
             partitioned=any("-partition-" in name for name in partitions),
         )
 
+    async def exclusive_source(self, topic: str, subscription: str) -> Source:
+        """One consumer alone on a durable subscription of one topic, from its earliest.
+
+        For the replay tool: a single-topic consumer (the multi-topic one a route uses
+        cannot tell the topic's last message id), and Exclusive, so a second replay on
+        the same subscription is refused instead of sharing it.
+        """
+        description = f"{topic} (subscription {subscription})"
+        try:
+            consumer = await self._client.subscribe(
+                topic,
+                subscription,
+                consumer_type=pulsar.ConsumerType.Exclusive,
+                initial_position=pulsar.InitialPosition.Earliest,
+            )
+        except pulsar_asyncio.PulsarException as exc:
+            raise BrokerError(
+                f"cannot subscribe to {description} at {self.settings.service_url}: {exc}"
+                f"{_hint(exc, self.settings)}"
+            ) from exc
+        return Source(consumer, description)
+
+    async def reader(self, topic: str) -> TopicReader:
+        """A :class:`TopicReader` of ``topic`` from its earliest message."""
+        conf = _pulsar.ReaderConfiguration()
+        raw = self._client._client
+        try:
+            reader = await asyncio.to_thread(
+                raw.create_reader, topic, _pulsar.MessageId.earliest, conf
+            )
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(
+                f"cannot read {topic} at {self.settings.service_url}: {exc}"
+                f"{_hint(exc, self.settings)}"
+            ) from exc
+        return TopicReader(reader, topic)
+
     async def _partitions(self, topic: str) -> list[str]:
         """The topic's partitions (the topic itself when it is not partitioned)."""
         answer: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()
@@ -406,12 +540,36 @@ class PulsarConnection:
             raise BrokerError(f"closing the Pulsar client failed: {exc}") from exc
 
 
+# The bridge's log level -> the client's. The client's INFO lines (a dozen per producer
+# or consumer it opens or closes) are detail for the bridge, shown at its debug level;
+# the client's DEBUG lines (some nine per message) only a client developer needs.
+_CLIENT_LOG_LEVELS = {
+    "debug": pulsar.LoggerLevel.Info,
+    "info": pulsar.LoggerLevel.Warn,
+    "warning": pulsar.LoggerLevel.Warn,
+    "error": pulsar.LoggerLevel.Error,
+}
+# The C++ client keeps one logger for the whole process, made from the first client's
+# configuration; its level is therefore a process setting, chosen by the command before
+# it creates a client (set_client_log_level), not a per-connection one.
+_client_log_level = "warning"
+
+
+def set_client_log_level(level: str) -> None:
+    """Set the client's own log level from the bridge's: debug, info, warning or error."""
+    global _client_log_level
+    _client_log_level = level if level in _CLIENT_LOG_LEVELS else "warning"
+
+
 def _client_kwargs(settings: PulsarSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        # The C++ client's own console logger, warnings and up: handing it a Python logger
+        # The C++ client's own console logger, which filters by level in C++ and writes
+        # to stdout (bridge.client_log turns those lines into structured ones). Handing it
+        # a Python logger instead calls into Python for every line of every level, some
+        # nine per message at full speed (its wrapper reports DEBUG as enabled), and
         # intermittently aborts the process at exit ("terminate called without an active
         # exception", apache/pulsar-client-python#256).
-        "logger": pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn),
+        "logger": pulsar.ConsoleLogger(_CLIENT_LOG_LEVELS[_client_log_level]),
         "operation_timeout_seconds": settings.operation_timeout_s,
         "connection_timeout_ms": settings.connection_timeout_s * 1000,
         "tls_allow_insecure_connection": settings.tls_allow_insecure,
@@ -433,7 +591,9 @@ def _client_kwargs(settings: PulsarSettings) -> dict[str, Any]:
 
 def _hint(exc: pulsar_asyncio.PulsarException, settings: PulsarSettings) -> str:
     """Point at the bridge.toml setting most likely behind a connection-level failure."""
-    name = exc.error().name if hasattr(exc, "error") else ""
+    # pulsar.asyncio's exception names its result; the extension's own classes are named
+    # after it (a reader is made through the extension).
+    name = exc.error().name if hasattr(exc, "error") else type(exc).__name__
     if name == "Timeout" and settings.auth is not None:
         # A broker that rejects a token closes the connection and the client only times
         # out, so with auth configured the credentials are as likely a cause as the address.
