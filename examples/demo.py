@@ -6,6 +6,7 @@ Starts a pulsar-lite broker and the Databricks emulator on loopback, runs the br
 separate process on the example's config (``examples/<name>``, with the broker and emulator
 addresses filled in), publishes a few thousand sample events plus two malformed ones, shows
 progress while results flow, prints a few results and a summary, and stops everything.
+It needs only the runtime and the ``embedded`` extra (``pip install -e '.[embedded]'``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import pulsar
-import tomli_w
 
 from bridge.embedded import EmbeddedBroker
 from bridge.emulator import EmulatorServer, EmulatorState
 
 HERE = Path(__file__).resolve().parent
 SECRET = "demo-secret-not-for-production"
+# Published after the sample events; each must come out of the dead-letter topic.
+MALFORMED = (b"this is not JSON", b'["a", "list", "is", "not", "an", "event"]')
 
 
 def transactions(n: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -108,8 +110,22 @@ def config_for(
     bridge["pulsar"]["service_url"] = broker.url
     bridge["databricks"]["host"] = emulator.url
     bridge["observe"] = {"log_format": "json", "http_bind": "127.0.0.1:0"}
-    (config / "bridge.toml").write_text(tomli_w.dumps(bridge))
+    (config / "bridge.toml").write_text(toml_tables(bridge))
     return config
+
+
+def toml_tables(tables: dict[str, dict[str, Any]]) -> str:
+    """TOML for tables of strings, numbers and booleans: all bridge.toml needs here (the
+    demo installs no TOML writer). A JSON string is a valid TOML basic string."""
+    out = []
+    for name, table in tables.items():
+        out.append(f"[{name}]")
+        for key, value in table.items():
+            if not isinstance(value, str | bool | int | float):
+                raise TypeError(f"{name}.{key}: {type(value).__name__} is not written here")
+            out.append(f"{key} = {json.dumps(value)}")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> int:
@@ -177,42 +193,21 @@ def relay(
     for ev in events:
         key = str(ev[example.key_field]) if example.key_field else None
         producer.send_async(json.dumps(ev).encode(), None, partition_key=key)
-    producer.send_async(b"this is not JSON", None)
-    producer.send_async(b'["a", "list", "is", "not", "an", "event"]', None)
+    for malformed in MALFORMED:
+        producer.send_async(malformed, None)
     producer.flush()
     print(
-        f"published {total} {example.name} events and 2 malformed ones "
+        f"published {total} {example.name} events and {len(MALFORMED)} malformed ones "
         f"in {time.monotonic() - started:.2f}s"
     )
 
-    got: dict[str, dict[str, Any]] = {}
-    first_result = None
-    last_report = time.monotonic()
-    deadline = time.monotonic() + 120
-    while len(got) < total and time.monotonic() < deadline:
-        if bridge.poll() is not None:
-            print(f"bridge exited early with {bridge.returncode}; see {workdir / 'bridge.log'}")
-            return 1
-        try:
-            msg = results.receive(timeout_millis=500)
-        except pulsar.Timeout:
-            continue
-        first_result = first_result or time.monotonic()
-        body = json.loads(msg.data())
-        got[body[example.id_field]] = {"result": body, **msg.properties()}
-        results.acknowledge(msg)
-        if time.monotonic() - last_report >= 0.5:
-            last_report = time.monotonic()
-            print(f"  ... {len(got):>5}/{total} results")
+    read = read_results(example, total, results, bridge)
+    if read is None:
+        print(f"bridge exited early with {bridge.returncode}; see {workdir / 'bridge.log'}")
+        return 1
+    got, first_result = read
     flowing = time.monotonic() - (first_result or started)
-    dead_letters: list[tuple[bytes, str]] = []
-    while len(dead_letters) < 2:
-        try:
-            msg = dead.receive(timeout_millis=5000)
-        except pulsar.Timeout:
-            break
-        dead_letters.append((msg.data(), msg.properties()["error"]))
-        dead.acknowledge(msg)
+    dead_letters = read_dead_letters(dead)
     elapsed = time.monotonic() - started
 
     print("\na few results:")
@@ -223,19 +218,64 @@ def relay(
             f"source_message_id={r['source_message_id']}"
         )
     print("dead-lettered:")
-    for data, error in dead_letters:
+    for data, error in dead_letters.items():
         print(f"  {data!r}: {error}")
     bridge.send_signal(signal.SIGTERM)
     code = bridge.wait(30)
     rate = len(got) / flowing if flowing > 0 else 0.0
     print(
-        f"\nsummary: events in {total + 2}, results out {len(got)}, "
+        f"\nsummary: events in {total + len(MALFORMED)}, results out {len(got)}, "
         f"dead-lettered {len(dead_letters)}, elapsed {elapsed:.2f}s, "
         f"{rate:,.0f} events/s while flowing; bridge exit code {code}"
     )
-    ok = len(got) == total and len(dead_letters) == 2 and code == 0
+    ok = len(got) == total and set(dead_letters) == set(MALFORMED) and code == 0
     print("demo OK" if ok else f"demo FAILED; see {workdir / 'bridge.log'}")
     return 0 if ok else 1
+
+
+def read_results(
+    example: Example, total: int, results: pulsar.Consumer, bridge: subprocess.Popen[bytes]
+) -> tuple[dict[str, dict[str, Any]], float | None] | None:
+    """Results by event id and when the first came; None if the bridge exited meanwhile.
+
+    Progress shows at each fifth of the way and at the end, however fast results come.
+    """
+    got: dict[str, dict[str, Any]] = {}
+    first_result = None
+    shown = 0
+    deadline = time.monotonic() + 120
+    while len(got) < total and time.monotonic() < deadline:
+        if bridge.poll() is not None:
+            return None
+        try:
+            msg = results.receive(timeout_millis=500)
+        except pulsar.Timeout:
+            continue
+        first_result = first_result or time.monotonic()
+        body = json.loads(msg.data())
+        got[body[example.id_field]] = {"result": body, **msg.properties()}
+        results.acknowledge(msg)
+        if len(got) * 5 // total > shown or len(got) == total:
+            shown = len(got) * 5 // total
+            print(f"  ... {len(got):>5}/{total} results")
+    return got, first_result
+
+
+def read_dead_letters(dead: pulsar.Consumer) -> dict[bytes, str]:
+    """The error of each distinct dead-lettered payload.
+
+    Keyed by payload: the broker may deliver one dead letter twice, which must not stand
+    in for the other one.
+    """
+    dead_letters: dict[bytes, str] = {}
+    while len(dead_letters) < len(MALFORMED):
+        try:
+            msg = dead.receive(timeout_millis=5000)
+        except pulsar.Timeout:
+            break
+        dead_letters[msg.data()] = msg.properties()["error"]
+        dead.acknowledge(msg)
+    return dead_letters
 
 
 if __name__ == "__main__":
