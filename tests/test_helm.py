@@ -80,7 +80,13 @@ VALUE_SETS: dict[str, Obj] = {
             "minReplicaCount": 0,
             "maxReplicaCount": 6,
             "activationMsgBacklogThreshold": 5,
-            "routes": {"spam_v2": {"msgBacklogThreshold": 250, "isPartitionedTopic": True}},
+            "routes": {
+                "spam_v2": {
+                    "msgBacklogThreshold": 250,
+                    "activationMsgBacklogThreshold": 0,
+                    "isPartitionedTopic": True,
+                }
+            },
             "bearerToken": {"secretName": "pulsar-admin-token", "secretKey": "jwt"},
             "fallback": {"failureThreshold": 3, "replicas": 2},
             "advanced": {
@@ -124,7 +130,7 @@ VALUE_SETS: dict[str, Obj] = {
             "enabled": True,
             "adminURL": "https://pulsar.example.internal:8443",
             "authenticationRef": "pulsar-admin",
-            "extraMetadata": {"unsafeSsl": False},
+            "extraMetadata": {"authModes": "bearer"},
         },
         "http": {"port": 9100},
         "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -365,12 +371,12 @@ def test_scaled_object_has_a_pulsar_trigger_per_route_subscription(
     ]
     for (topic, _), trigger in triggers.items():
         meta = trigger["metadata"]
+        partitioned = topic == "persistent://chat/msgs/in"  # the spam_v2 overrides
         assert trigger["type"] == "pulsar"
         assert meta["adminURL"] == "http://pulsar-broker.pulsar.svc.cluster.local:8080"
-        assert meta["activationMsgBacklogThreshold"] == "5"
+        assert meta["activationMsgBacklogThreshold"] == ("0" if partitioned else "5")
         assert meta["authModes"] == "bearer"
         assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
-        partitioned = topic == "persistent://chat/msgs/in"  # the spam_v2 override
         assert meta["msgBacklogThreshold"] == ("250" if partitioned else "1000")
         assert meta["isPartitionedTopic"] == str(partitioned).lower()
 
@@ -415,6 +421,13 @@ def test_a_route_change_rolls_the_pods(helm: Path, tmp_path: Path) -> None:
         ),
         (merged(EXAMPLE, {"keda": {"routes": {"fruad": {"msgBacklogThreshold": 5}}}}), "fruad"),
         ({}, "at least one route"),
+        (
+            merged(
+                EXAMPLE, {"routes": {"fraud": {"source": {"topics": ["non-persistent://a/b/c"]}}}}
+            ),
+            "keeps no backlog",
+        ),
+        (merged(EXAMPLE, {"keda": {"minReplicas": 0}}), "'minReplicas' not allowed"),
         ({"routes": {"a/b": _route(["t"], "s")}}, "route name"),
         (EXAMPLE | {"secretMounts": [{"name": "Bad_Name", "secretName": "x"}]}, "secretMounts"),
     ],
