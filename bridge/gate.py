@@ -65,6 +65,7 @@ class RouteGate:
         self._on_change = on_change
         self.pause_state: Pause | None = None
         self.successes = 0  # 200s seen, ever: lets a failing batch tell whether others succeed
+        self.storms = 0  # storm pauses, ever: rejections seen before one are suspect
         self._failures = 0
         self._probing = False
         self._probe_round = 0
@@ -84,6 +85,8 @@ class RouteGate:
     def pause(self, kind: str, reason: str) -> None:
         """Pause (or keep paused with the newer reason)."""
         first = self.pause_state is None
+        if kind == STORM and (first or self.pause_state is None or self.pause_state.kind != STORM):
+            self.storms += 1
         self.pause_state = Pause(kind, reason)
         if first:
             self._probe_round = 0
@@ -150,7 +153,9 @@ class RouteGate:
 
     def _backoff(self) -> float:
         """Jittered exponential: between half and all of initial * 2^round, capped."""
-        ceiling = min(self._probe_max_s, self._probe_initial_s * float(2 ** min(self._probe_round, 30)))
+        ceiling = min(
+            self._probe_max_s, self._probe_initial_s * float(2 ** min(self._probe_round, 30))
+        )
         return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
 
     def _notify(self, *, report: bool) -> None:

@@ -104,12 +104,18 @@ class BatchProcessor:
             events = [e for e in batch if not e.settled]
             if not events:
                 return
+            storms = self._gate.storms
             try:
                 rejected = await self._score(events, whole=True)
             except _StillStorm:
                 continue  # the storm probe was rejected again; the gate times the next one
             if not rejected:
                 return
+            if self._gate.storms != storms:
+                # A storm began while this batch was scored: its rejections may be the
+                # storm's, not the events' fault. Score them again (they settle or, if
+                # rejected with no storm around, are dead-lettered then).
+                continue
             if len(rejected) == len(events):
                 verdict = await unless_stopping(
                     self._storm.verdict(storm_in_progress=self._gate.storm), self._stopping
@@ -234,14 +240,15 @@ class BatchProcessor:
                         raise _Isolated(exc) from exc
                     failures, others_before = 0, self._gate.successes
                 if not self._gate.paused:
-                    await self._back_off(exc, failures)
+                    await self._back_off(exc, failures, failure)
                 continue
             self._gate.success()
             return invocation
 
-    async def _back_off(self, exc: EndpointError, failures: int) -> None:
-        """Wait before trying again: a Retry-After pauses the whole endpoint (every request
-        waits at the limiter), otherwise this request backs off alone."""
+    async def _back_off(self, exc: EndpointError, failures: int, failure: Failure) -> None:
+        """Wait before trying again. An endpoint's Retry-After has paused the whole endpoint
+        (every request waits at the limiter); any other wait is this request's alone (a
+        token endpoint's Retry-After included: it says nothing of the serving endpoint)."""
         if exc.retry_after is not None:
             delay = min(exc.retry_after, self._policy.retry_after_max_s)
         else:
@@ -250,7 +257,7 @@ class BatchProcessor:
         log.info(
             "request_retry", route=self._route.name, reason=exc.reason, delay_s=round(delay, 3)
         )
-        if exc.retry_after is None:
+        if exc.retry_after is None or failure is not Failure.OVERLOAD:
             await sleep_unless_stopping(delay, self._stopping)
 
     async def _request(self, body: bytes, size: int, *, sample: bool) -> Invocation:

@@ -371,3 +371,21 @@ async def test_a_stop_while_waiting_for_a_retry_after_nacks_at_once(tmp_path: Pa
     parts.stopping.set()
     await asyncio.wait_for(work, timeout=5)  # not 30 s
     assert parts.source.nacked == [e.received.message_id for e in events]
+
+
+async def test_rejections_seen_before_a_storm_began_are_scored_again(tmp_path: Path) -> None:
+    """A batch bisecting when the model broke must not dead-letter what the storm rejected."""
+    model = {"broken": True}
+    parts = Parts(settings(tmp_path, "shared"))
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        if len(parts.endpoint.requests) == 4:  # mid-bisection, other batches call a storm
+            parts.gate.pause("storm", "every event of 3 batches rejected")
+            model["broken"] = False
+        return http(400, "missing inputs") if model["broken"] else scores(rows)
+
+    parts.endpoint.answer = answer
+    events = batch(4)
+    await parts.processor.process(events)
+    assert parts.dead.calls == []
+    assert len(parts.source.acked) == 4
