@@ -46,6 +46,7 @@ from bridge.identity import (
 from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit, Limit
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
+from bridge.redaction import Redactor
 from bridge.relay import Route
 from bridge.serving import ServingClient
 from bridge.systemd import Notifier, watchdog_loop
@@ -64,8 +65,11 @@ class Bridge:
         *,
         metrics: Metrics | None = None,
         notifier: Notifier | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
+        # Knows every secret and issued token; whatever leaves the process passes it.
+        self._redactor = redactor or Redactor()
         self.metrics = metrics or Metrics()
         self._notifier = notifier or Notifier()
         self._heartbeat = LoopHeartbeat()
@@ -125,7 +129,11 @@ class Bridge:
             asyncio.ensure_future(self._status_loop()),
         ]
         bind = self.config.bridge.observe.http_bind
-        health = HealthServer(self, self.metrics.registry, bind) if bind else None
+        health = (
+            HealthServer(self, self.metrics.registry, bind, redactor=self._redactor)
+            if bind
+            else None
+        )
         try:
             async with httpx.AsyncClient(limits=_limits(self.config)) as http:
                 self._http = http
@@ -210,7 +218,7 @@ class Bridge:
         self._notifier.reloading()
         log.info("reloading", config=str(self.config.directory))
         try:
-            new = load_config(self.config.directory)
+            new = load_config(self.config.directory, redactor=self._redactor)
         except ConfigError as exc:
             log.error("reload_rejected", problems=[str(p) for p in exc.problems])
             self._notifier.ready(f"reload rejected; {len(self._running)} route(s) running")
@@ -245,7 +253,9 @@ class Bridge:
     ) -> dict[str | None, WorkspaceAuth]:
         """Auth per used workspace; unchanged workspaces keep their token cache."""
         fresh = build_workspace_auth(
-            config, on_refresh=lambda ws: self.metrics.token_refreshes.labels(ws).inc()
+            config,
+            on_refresh=lambda ws: self.metrics.token_refreshes.labels(ws).inc(),
+            on_token=self._redactor.register_token,
         )
         kept: dict[str | None, WorkspaceAuth] = {}
         for name, auth in fresh.items():
@@ -264,7 +274,11 @@ class Bridge:
             workspace = self._auths[settings.endpoint.workspace]
             host = self.config.workspace_for(settings).host or ""
             self._probes[settings.name] = EndpointStateProbe(
-                self._http, host, settings.endpoint.name, auth=workspace.httpx_auth
+                self._http,
+                host,
+                settings.endpoint.name,
+                auth=workspace.httpx_auth,
+                redactor=self._redactor,
             )
         target = await resolve_endpoint(self.config, settings, self._http, workspace)
         serving = ServingClient(
@@ -283,6 +297,7 @@ class Bridge:
             limiter=self._limiter_for(settings),
             on_close=target.aclose,
             paused_because=target.missing,
+            redactor=self._redactor,
         )
         try:
             await route.open(self._pulsar)

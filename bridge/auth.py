@@ -169,6 +169,11 @@ class TokenCache:
             self._on_refresh()
         return token.value
 
+    def on_token(self, value: str) -> None:
+        """Pass a token derived from this cache's (a scoped one) to the same listener."""
+        if self._on_token is not None:
+            self._on_token(value)
+
     def invalidate(self, value: str) -> None:
         """Drop ``value`` if it is still the cached token (a 401 said it is no good)."""
         if self._token is not None and self._token.value == value:

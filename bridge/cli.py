@@ -86,13 +86,15 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(directory: Path) -> Config | None:
+def _load(directory: Path, redactor: Redactor) -> Config | None:
+    """The config, or None after printing every problem (redacted: a problem may quote a
+    secret, as ``env:<the secret>`` does)."""
     try:
-        return load_config(directory)
+        return load_config(directory, redactor=redactor)
     except ConfigError as exc:
-        print(f"invalid configuration in {directory}:", file=sys.stderr)
+        print(redactor.redact(f"invalid configuration in {directory}:"), file=sys.stderr)
         for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+            print(f"  {redactor.redact(str(problem))}", file=sys.stderr)
         return None
 
 
@@ -125,21 +127,31 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import structlog
+
     from bridge.app import Bridge
     from bridge.client_log import NativeStdout
     from bridge.observe import configure_logging
     from bridge.pulsar_io import set_client_log_level
 
-    config = _load(args.config)
+    # The process's one redactor: the config's secrets register with it as they are
+    # revealed, and every log line passes it.
+    redactor = Redactor()
+    config = _load(args.config, redactor)
     if config is None:
         return 1
     observe = config.bridge.observe
     level = args.log_level or observe.log_level
     # Every line on stdout is a log line: the Pulsar client's own included (client_log).
     with NativeStdout():
-        configure_logging(args.log_format or observe.log_format, level)
+        configure_logging(args.log_format or observe.log_format, level, redactor)
         set_client_log_level(level)
-        code: int = asyncio.run(Bridge(config).run())
+        try:
+            code: int = asyncio.run(Bridge(config, redactor=redactor).run())
+        except Exception:
+            # A bug's traceback goes through the redacted log rather than raw to stderr.
+            structlog.get_logger("bridge").exception("crashed")
+            return 1
     return code
 
 
@@ -147,7 +159,7 @@ def _tool(args: argparse.Namespace) -> int:
     """send, tail, replay: load the config, then the tool's own ``run``."""
     from bridge.tools import run_tool
 
-    config = _load(args.config)
+    config = _load(args.config, Redactor())
     if config is None:
         return 1
     return run_tool(config, args)
@@ -157,7 +169,8 @@ def _status(args: argparse.Namespace) -> int:
     from bridge.errors import BridgeError
     from bridge.status import show
 
-    config = _load(args.config)
+    redactor = Redactor()
+    config = _load(args.config, redactor)
     if config is None:
         return 1
     try:
@@ -165,7 +178,7 @@ def _status(args: argparse.Namespace) -> int:
             show(config, as_json=args.json, watch=args.watch, interval_s=args.interval)
         )
     except BridgeError as exc:
-        print(f"pulsar-bridge status: {exc}", file=sys.stderr)
+        print(redactor.redact(f"pulsar-bridge status: {exc}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0

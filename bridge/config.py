@@ -44,7 +44,14 @@ def _to_secret(value: object, info: ValidationInfo) -> Secret:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string: a literal, 'env:NAME' or 'file:PATH'")
     context = info.context or {}
-    return Secret(value, base_dir=context.get("base_dir"), env=context.get("env"))
+    return Secret(
+        value,
+        base_dir=context.get("base_dir"),
+        env=context.get("env"),
+        # Revealed values are registered with the process's redactor (never printed).
+        redactor=context.get("redactor"),
+        identifier=info.field_name == "client_id",
+    )
 
 
 SecretField = Annotated[

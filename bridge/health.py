@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from bridge.addresses import parse_bind as parse_bind  # re-exported for status
 from bridge.errors import BridgeError
+from bridge.gate import Pause
 from bridge.observe import RouteMetrics
 from bridge.redaction import Redactor, redact_json, scrub
 
@@ -84,6 +85,9 @@ class RouteView(Protocol):
 
     @property
     def state(self) -> str: ...  # "starting" | "running" | "paused" | "draining"
+
+    @property
+    def pause(self) -> Pause | None: ...  # why a paused route is paused
 
     @property
     def in_flight(self) -> int: ...
@@ -253,6 +257,9 @@ async def _unready_reasons(view: DaemonView, redact: Callable[[str], str]) -> li
     for route in view.routes:
         if not route.subscribed:
             reasons.append(f"route {route.name}: not subscribed")
+        elif route.pause is not None:
+            pause = route.pause
+            reasons.append(f"route {route.name}: paused ({pause.kind}): {pause.reason}")
         elif route.state != "running":
             reasons.append(f"route {route.name}: {route.state}")
     try:
@@ -270,6 +277,9 @@ def _route_status(route: RouteView) -> dict[str, object]:
     m = route.metrics
     return {
         "state": route.state,
+        "paused": None
+        if route.pause is None
+        else {"kind": route.pause.kind, "reason": route.pause.reason},
         "events_in": m.events_in,
         "results_out": m.results_out,
         "dead_lettered": m.dead_lettered,

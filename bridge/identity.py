@@ -99,7 +99,9 @@ def _subject_token_form(ws: WorkspaceSettings) -> Callable[[], dict[str, str]]:
 
 
 def build_workspace_auth(
-    config: Config, on_refresh: Callable[[str], None] | None = None
+    config: Config,
+    on_refresh: Callable[[str], None] | None = None,
+    on_token: Callable[[str], None] | None = None,
 ) -> dict[str | None, WorkspaceAuth]:
     """One WorkspaceAuth per workspace used by a named-endpoint route (None = default)."""
     used = {r.endpoint.workspace for r in config.routes if r.endpoint.name is not None}
@@ -112,7 +114,10 @@ def build_workspace_auth(
         cache = None
         if source is not None:
             cache = TokenCache(
-                source, leeway_s=ws.token_leeway_s, on_refresh=_bind(on_refresh, label)
+                source,
+                leeway_s=ws.token_leeway_s,
+                on_refresh=_bind(on_refresh, label),
+                on_token=on_token,
             )
         auths[name] = WorkspaceAuth(label, cache)
     return auths
@@ -209,6 +214,7 @@ async def resolve_endpoint(
             assertion,
         ),
         leeway_s=config.workspace_for(route).token_leeway_s,
+        on_token=cache.on_token,
     )
     if route.endpoint.served_model is not None:
         # The data plane serves one served model of the endpoint the way the workspace does.

@@ -42,6 +42,7 @@ from bridge.gate import ROUTE, STORM, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
 from bridge.pulsar_io import OutgoingMessage, Publisher
+from bridge.redaction import Redactor, scrub
 from bridge.retry import Failure, RetryPolicy, classify
 from bridge.serving import Invocation, ServingClient
 from bridge.settle import Settler
@@ -70,8 +71,10 @@ class BatchProcessor:
         storm: StormGuard,
         metrics: RouteMetrics,
         stopping: asyncio.Event | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._route = route
+        self._redactor = redactor
         self._results = results
         self._settler = settler
         self._serving = serving
@@ -298,7 +301,13 @@ class BatchProcessor:
         """Publish results and ack what the broker stored; the outcome for the log line
         and the events whose result cannot be built."""
         route = self._route
-        self._note_served_model(invocation.served_model)
+        # A header the endpoint chose: it goes into every result and the status output.
+        served_model = invocation.served_model
+        if served_model is not None:
+            served_model = (
+                self._redactor.redact(served_model) if self._redactor else scrub(served_model)
+            )
+        self._note_served_model(served_model)
         pending: list[tuple[Event, OutgoingMessage]] = []
         rejected: list[Rejection] = []
         for event, prediction in zip(events, predictions, strict=True):
@@ -308,7 +317,7 @@ class BatchProcessor:
                     prediction,
                     route=route.name,
                     passthrough=route.result.passthrough,
-                    served_model=invocation.served_model,
+                    served_model=served_model,
                 )
             except TypeError as exc:  # orjson.JSONEncodeError included
                 rejected.append((event, f"result cannot be encoded: {exc}"))

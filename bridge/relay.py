@@ -29,6 +29,7 @@ from bridge.limiter import EndpointLimiter
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import ORDERED_SUBSCRIPTIONS, BatchProcessor
 from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
+from bridge.redaction import Redactor
 from bridge.serving import ServingClient
 from bridge.settle import Settler
 from bridge.stopping import unless_stopping
@@ -50,6 +51,7 @@ class Route:
         clock: Callable[[], float] = time.monotonic,
         on_close: Callable[[], Awaitable[None]] | None = None,
         paused_because: str | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.settings = settings
         self.name = settings.name
@@ -81,6 +83,7 @@ class Route:
         self._storm = StormGuard(
             min(failure.poison_storm_batches, self.max_batches), failure.poison_storm_window_s
         )
+        self._redactor = redactor
         self._settler: Settler | None = None
         self._source: Source | None = None
         self._publishers: list[Publisher] = []
@@ -123,7 +126,7 @@ class Route:
         dead_letters = await pulsar.publisher(s.dead_letter_topic)
         self._publishers.append(dead_letters)
         self._source = await pulsar.subscribe(s.source, nack_delay_ms=s.failure.nack_delay_ms)
-        self._settler = Settler(self.name, self._source, dead_letters, self.metrics)
+        self._settler = Settler(self.name, self._source, dead_letters, self.metrics, self._redactor)
         self._processor = BatchProcessor(
             s,
             results=results,
@@ -134,6 +137,7 @@ class Route:
             storm=self._storm,
             metrics=self.metrics,
             stopping=self._stopping,
+            redactor=self._redactor,
         )
         self.subscribed = True
         log.info("route_subscribed", route=self.name, source=self._source.description)

@@ -23,6 +23,7 @@ from bridge.errors import BrokerError
 from bridge.events import dead_letter_message
 from bridge.observe import RouteMetrics
 from bridge.pulsar_io import Received, Source
+from bridge.redaction import Redactor
 
 log = structlog.get_logger("bridge.settle")
 
@@ -40,9 +41,15 @@ class Settler:
     """Ends events of one route."""
 
     def __init__(
-        self, route: str, source: Source, dead_letters: DeadLetterSink, metrics: RouteMetrics
+        self,
+        route: str,
+        source: Source,
+        dead_letters: DeadLetterSink,
+        metrics: RouteMetrics,
+        redactor: Redactor | None = None,
     ) -> None:
         self._route = route
+        self._redactor = redactor
         self._source = source
         self._dead_letters = dead_letters
         self._metrics = metrics
@@ -85,7 +92,9 @@ class Settler:
         try:
             await self._dead_letters.publish(
                 received.data,
-                dead_letter_message(received, route=self._route, reason=reason),
+                dead_letter_message(
+                    received, route=self._route, reason=reason, redactor=self._redactor
+                ),
                 received.key,
             )
         except BrokerError as exc:

@@ -13,6 +13,7 @@ import pytest
 
 from bridge.emulator import EmulatorServer, EmulatorState
 from bridge.errors import BridgeError
+from bridge.gate import Pause
 from bridge.health import (
     EndpointReadiness,
     EndpointStateProbe,
@@ -35,6 +36,7 @@ class FakeRoute:
     state: str = "running"
     in_flight: int = 0
     subscribed: bool = True
+    pause: Pause | None = None
 
 
 @dataclass
@@ -199,7 +201,8 @@ async def test_readyz_names_every_failing_condition(
     daemon.connected = False
     daemon.add_route("fraud")
     daemon.add_route("starting", state="starting", subscribed=False)
-    daemon.add_route("paused", state="paused")
+    paused = daemon.add_route("paused", state="paused")
+    paused.pause = Pause("route", "HTTP 404: RESOURCE_DOES_NOT_EXIST")
     daemon.add_route("plain-url")
     daemon.states = {
         "fraud": EndpointReadiness("NOT_READY"),
@@ -213,7 +216,7 @@ async def test_readyz_names_every_failing_condition(
         "reasons": [
             "broker: not connected",
             "route starting: not subscribed",
-            "route paused: paused",
+            "route paused: paused (route): HTTP 404: RESOURCE_DOES_NOT_EXIST",
             "route fraud: endpoint NOT_READY",
             "route paused: endpoint UNKNOWN (HTTP 403: PERMISSION_DENIED)",
         ],
@@ -240,7 +243,8 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
     fraud.metrics.retry()
     fraud.metrics.last_error = "HTTP 503: busy"
     fraud.metrics.served_model = "fraud-model-3"
-    daemon.add_route("idle", state="paused")
+    idle = daemon.add_route("idle", state="paused")
+    idle.pause = Pause("storm", "every event rejected")
     daemon.lag_s = 0.25
     response = await client.get("/status")
     assert response.status_code == 200
@@ -251,6 +255,7 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
         "routes": {
             "fraud": {
                 "state": "running",
+                "paused": None,
                 "events_in": 10,
                 "results_out": 7,
                 "dead_lettered": 1,
@@ -263,6 +268,7 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
             },
             "idle": {
                 "state": "paused",
+                "paused": {"kind": "storm", "reason": "every event rejected"},
                 "events_in": 0,
                 "results_out": 0,
                 "dead_lettered": 0,
