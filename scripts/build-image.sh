@@ -116,11 +116,12 @@ cleanup() {
     [[ -n "$WORK" ]] && rm -rf "$WORK"
 }
 
-# How the chart runs it: read-only root, non-root, no capabilities. Host networking because
-# the sandbox this was written in has no container networking; everything binds loopback.
+# How the chart runs it: read-only root with /tmp the only writable place (podman would add
+# /run and /var/tmp too), non-root, no capabilities. Host networking because the sandbox
+# this was written in has no container networking; everything binds loopback.
 run_locked() {
-    pod run --network host --read-only --user 10001:10001 --cap-drop ALL \
-        --security-opt no-new-privileges "$@"
+    pod run --network host --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,mode=1777 \
+        --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges "$@"
 }
 
 free_port() {
@@ -149,9 +150,14 @@ smoke() {
     WORK=$(mktemp -d)
     local started=$SECONDS
 
-    log "smoke 1/3: --version as uid 10001"
+    log "smoke 1/3: --version as uid 10001, nothing writable but /tmp"
     run_locked --rm "$IMAGE" --version
     [[ "$(run_locked --rm --entrypoint id "$IMAGE" -u)" == 10001 ]]
+    if run_locked --rm --entrypoint touch "$IMAGE" /opt/pulsar-bridge/x /run/x 2>/dev/null; then
+        echo "the image's root filesystem is writable by its user" >&2
+        exit 1
+    fi
+    run_locked --rm --entrypoint touch "$IMAGE" /tmp/x
 
     log "smoke 2/3: the demo inside the image"
     run_locked --rm --entrypoint python "$IMAGE" /opt/pulsar-bridge/examples/demo.py \

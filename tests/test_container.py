@@ -139,7 +139,8 @@ def test_the_build_script_installs_what_it_runs() -> None:
 def test_the_smoke_run_uses_the_pod_hardening() -> None:
     script = SCRIPT.read_text()
     (locked,) = re.findall(r"run_locked\(\) \{\n(.*?)\n\}", script, re.S)
-    for flag in ("--read-only", "--user 10001:10001", "--cap-drop ALL", "no-new-privileges"):
+    flags = ("--read-only", "--read-only-tmpfs=false", "--tmpfs /tmp", "--user 10001:10001")
+    for flag in (*flags, "--cap-drop ALL", "no-new-privileges"):
         assert flag in locked
     assert "examples/demo.py" in script
     assert "pod stop -t 60" in script  # SIGTERM, then the exit code must be 0
