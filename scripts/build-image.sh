@@ -9,7 +9,8 @@
 # No image registry is needed: the base is a root filesystem made by debootstrap from the
 # Debian mirror this machine's apt already uses, imported with `podman import`. What is
 # installed with apt-get here is installed by this script, so a fresh machine (or CI) runs
-# it as it is. Needs root (apt-get, debootstrap, rootful podman).
+# it as it is. Needs root (apt-get, debootstrap, rootful podman). The base image is kept
+# once built: `podman rmi localhost/pulsar-bridge-base:bookworm` to take Debian's updates.
 #
 # The smoke run proves, with the image's own entrypoint and the Kubernetes-like settings
 # (--read-only, --user 10001, --cap-drop ALL, no-new-privileges):
