@@ -37,23 +37,21 @@ from bridge.health import (
     HealthServer,
     LoopHeartbeat,
 )
-from bridge.identity import (
-    WorkspaceAuth,
-    build_workspace_auth,
-    invocation_url,
-    resolve_endpoint,
-)
+from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
 from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit, Limit
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.redaction import Redactor
 from bridge.relay import Route
+from bridge.reload import endpoint_key, plan_reload
 from bridge.serving import ServingClient
 from bridge.systemd import Notifier, watchdog_loop
 
 log = structlog.get_logger("bridge")
 
 STATUS_INTERVAL_S = 10.0
+START_RETRY_S = 5.0
+START_RETRY_MAX_S = 60.0
 
 
 class Bridge:
@@ -79,6 +77,9 @@ class Bridge:
         # One limiter per endpoint (URL and identity), shared by the routes calling it.
         self._limiters: dict[tuple[str, str | None], EndpointLimiter] = {}
         self._pauses_counted: dict[str, int] = {}
+        # Routes that failed to start after a reload, and why (shown in /readyz; retried).
+        self._failed: dict[str, str] = {}
+        self._start_retry_s = START_RETRY_S
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
         self._started = time.monotonic()
@@ -90,6 +91,9 @@ class Bridge:
     @property
     def routes(self) -> Sequence[Route]:
         return [route for route, _ in self._running.values()]
+
+    def failed_routes(self) -> Mapping[str, str]:
+        return dict(self._failed)
 
     def broker_connected(self) -> bool:
         return bool(self._running) and all(r.connected for r in self.routes)
@@ -192,14 +196,18 @@ class Bridge:
         return False
 
     async def _supervise(self) -> int:
-        """Wait for a signal or a failed route; handle reloads in between."""
+        """Wait for a signal or a failed route; handle reloads and start retries between."""
         while True:
             stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
             reload: asyncio.Future[Any] = asyncio.ensure_future(self._reload.wait())
             runs: dict[asyncio.Future[Any], Route] = {
                 task: route for route, task in self._running.values()
             }
-            done, _ = await asyncio.wait({stop, reload, *runs}, return_when=asyncio.FIRST_COMPLETED)
+            # Routes that failed to start after a reload are tried again on a timer.
+            retry_s = self._start_retry_s if self._failed else None
+            done, _ = await asyncio.wait(
+                {stop, reload, *runs}, timeout=retry_s, return_when=asyncio.FIRST_COMPLETED
+            )
             stop.cancel()
             reload.cancel()
             failed = [runs[t] for t in done if t in runs and t.exception() is not None]
@@ -211,8 +219,11 @@ class Bridge:
             if stop in done:
                 log.info("stopping", reason="signal")
                 return 0
-            self._reload.clear()
-            await self._apply_reload()
+            if reload in done:
+                self._reload.clear()
+                await self._apply_reload()
+            elif not done:
+                await self._retry_failed_starts()
 
     async def _apply_reload(self) -> None:
         self._notifier.reloading()
@@ -223,48 +234,71 @@ class Bridge:
             log.error("reload_rejected", problems=[str(p) for p in exc.problems])
             self._notifier.ready(f"reload rejected; {len(self._running)} route(s) running")
             return
-        if new.bridge.pulsar != self.config.bridge.pulsar:
+        plan = plan_reload(self.config, new, self._running.keys())
+        if plan.pulsar_changed:
             log.warning("reload_pulsar_changed", action="restart the process to apply [pulsar]")
-        old, self.config = self.config, new
-        old_auths, self._auths = self._auths, self._build_auths(new, self._auths)
-        old_routes = {r.name: r for r in old.routes}
-        new_routes = {r.name: r for r in new.routes}
-        stopped, started = [], []
-        for name, settings in old_routes.items():
-            if name not in new_routes or _route_changed(old, new, settings, new_routes[name]):
-                await self._stop_route(name)
-                stopped.append(name)
+        for name in (*plan.stop, *plan.restart):
+            await self._stop_route(name)
+        for name in plan.stop:
+            self.metrics.forget_route(name)
+        old_auths, self.config = self._auths, new
+        self._auths = self._build_auths(new, old_auths, plan.rebuild_workspaces)
         for auth in old_auths.values():
             if auth not in self._auths.values() and auth.cache is not None:
                 await auth.cache.aclose()
-        for name, settings in new_routes.items():
-            if name not in self._running:
-                try:
-                    await self._start_route(settings)
-                except BridgeError as exc:
-                    log.error("route_start_failed", route=name, error=str(exc))
-                    continue
-                started.append(name)
-        log.info("reloaded", stopped=stopped, started=started, routes=sorted(self._running))
+        # Limiters no route uses any more, or whose bounds changed, are built afresh.
+        self._limiters.clear()
+        for route, _ in self._running.values():
+            self._limiters.setdefault(endpoint_key(new, route.settings), route.limiter)
+        self._failed = {n: why for n, why in self._failed.items() if n in plan.start}
+        starting = sorted({*plan.restart, *plan.start})
+        await self._start_routes(starting)
+        log.info(
+            "reloaded",
+            stopped=list(plan.stop),
+            restarted=list(plan.restart),
+            started=[n for n in plan.start if n in self._running],
+            failed=sorted(self._failed),
+            routes=sorted(self._running),
+        )
         self._notifier.ready(f"{len(self._running)} route(s) running")
 
+    async def _start_routes(self, names: Sequence[str]) -> None:
+        """Start routes; one that fails is recorded, reported in /readyz and retried."""
+        by_name = {r.name: r for r in self.config.routes}
+        for name in names:
+            try:
+                await self._start_route(by_name[name])
+            except BridgeError as exc:
+                self._failed[name] = str(exc)
+                log.error("route_start_failed", route=name, error=str(exc))
+            else:
+                self._failed.pop(name, None)
+        self._start_retry_s = START_RETRY_S if self._failed else self._start_retry_s
+
+    async def _retry_failed_starts(self) -> None:
+        names = sorted(self._failed)
+        log.info("route_start_retry", routes=names)
+        await self._start_routes(names)
+        if self._failed:
+            self._start_retry_s = min(self._start_retry_s * 2, START_RETRY_MAX_S)
+
     def _build_auths(
-        self, config: Config, current: Mapping[str | None, WorkspaceAuth]
+        self,
+        config: Config,
+        current: Mapping[str | None, WorkspaceAuth],
+        rebuild: Sequence[str | None] = (),
     ) -> dict[str | None, WorkspaceAuth]:
-        """Auth per used workspace; unchanged workspaces keep their token cache."""
+        """Auth per used workspace; those not in ``rebuild`` keep their token cache."""
         fresh = build_workspace_auth(
             config,
             on_refresh=lambda ws: self.metrics.token_refreshes.labels(ws).inc(),
             on_token=self._redactor.register_token,
         )
-        kept: dict[str | None, WorkspaceAuth] = {}
-        for name, auth in fresh.items():
-            previous = current.get(name)
-            same = previous is not None and _workspace(self.config, name) == _workspace(
-                config, name
-            )
-            kept[name] = previous if same and previous is not None else auth
-        return kept
+        return {
+            name: current[name] if name in current and name not in rebuild else auth
+            for name, auth in fresh.items()
+        }
 
     async def _start_route(self, settings: RouteSettings) -> None:
         assert self._pulsar is not None
@@ -309,13 +343,11 @@ class Bridge:
 
     def _limiter_for(self, settings: RouteSettings) -> EndpointLimiter:
         """The endpoint's shared limiter; its bounds cover every route that calls it."""
-        key = (invocation_url(self.config, settings), settings.endpoint.workspace)
+        key = endpoint_key(self.config, settings)
         limiter = self._limiters.get(key)
         if limiter is None:
             sharing = [
-                r.endpoint
-                for r in self.config.routes
-                if (invocation_url(self.config, r), r.endpoint.workspace) == key
+                r.endpoint for r in self.config.routes if endpoint_key(self.config, r) == key
             ] or [settings.endpoint]
             ceiling = max(e.max_in_flight for e in sharing)
             limit: Limit = FixedLimit(ceiling)
@@ -386,10 +418,11 @@ class Bridge:
 
 
 def _limits(config: Config) -> httpx.Limits:
-    # Enough connections for every request a route may have in flight, plus token calls
-    # and readiness probes; more than that would only queue at the endpoint.
-    size = sum(r.endpoint.max_in_flight for r in config.routes) + 8
-    return httpx.Limits(max_connections=size, max_keepalive_connections=size)
+    # No cap on connections: requests are bounded by each endpoint's limiter and each
+    # route's max_in_flight, and a static pool cap sized at start would make routes added
+    # by a reload queue for connections. Keep-alive is sized for the routes at start.
+    keep = sum(r.endpoint.max_in_flight for r in config.routes) + 8
+    return httpx.Limits(max_connections=None, max_keepalive_connections=keep)
 
 
 def _lowest(values: Iterable[float | None]) -> float | None:
@@ -403,21 +436,6 @@ async def _all_or_first_error(starts: Iterable[Coroutine[Any, Any, None]]) -> No
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-def _workspace(config: Config, name: str | None) -> Any:
-    return config.bridge.databricks if name is None else config.bridge.workspaces.get(name)
-
-
-def _route_changed(old: Config, new: Config, before: RouteSettings, after: RouteSettings) -> bool:
-    if before != after:
-        return True
-    if after.endpoint.name is None:
-        return False
-    changed: bool = _workspace(old, after.endpoint.workspace) != _workspace(
-        new, after.endpoint.workspace
-    )
-    return changed
 
 
 async def _first_tokens(auths: Mapping[str | None, WorkspaceAuth]) -> None:

@@ -119,6 +119,10 @@ class DaemonView(Protocol):
 
     def broker_connected(self) -> bool: ...
 
+    def failed_routes(self) -> Mapping[str, str]:
+        """Routes that failed to start after a reload (retried), and why."""
+        ...
+
     def loop_lag_s(self) -> float: ...
 
     def uptime_s(self) -> float: ...
@@ -254,6 +258,8 @@ def create_app(
 
 async def _unready_reasons(view: DaemonView, redact: Callable[[str], str]) -> list[str]:
     reasons = [] if view.broker_connected() else ["broker: not connected"]
+    for name, why in sorted(view.failed_routes().items()):
+        reasons.append(f"route {name}: failed to start (retrying): {why}")
     for route in view.routes:
         if not route.subscribed:
             reasons.append(f"route {route.name}: not subscribed")

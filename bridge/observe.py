@@ -211,6 +211,21 @@ class Metrics:
             "bridge_token_refreshes", "OAuth tokens fetched", ["workspace"], registry=r
         )
 
+    def forget_route(self, route: str) -> None:
+        """Drop every series labelled with ``route`` (a route removed by a reload)."""
+        for collector in list(self.__dict__.values()):
+            names = getattr(collector, "_labelnames", ())
+            if "route" not in names:
+                continue
+            seen: set[tuple[str, ...]] = set()
+            for family in collector.collect():
+                for sample in family.samples:
+                    if sample.labels.get("route") == route:
+                        values = tuple(sample.labels.get(n, "") for n in names)
+                        if values not in seen:
+                            seen.add(values)
+                            collector.remove(*values)
+
     def value(self, name: str, **labels: str) -> float:
         """Current value of a series (for status output and tests)."""
         sample = self.registry.get_sample_value(name, labels)

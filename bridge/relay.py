@@ -99,6 +99,11 @@ class Route:
         return "paused" if self._gate.paused else "running"
 
     @property
+    def limiter(self) -> EndpointLimiter:
+        """The endpoint's limiter this route shares with the others calling it."""
+        return self._limiter
+
+    @property
     def pause(self) -> Pause | None:
         """Why the route is paused, if it is."""
         return self._gate.pause_state

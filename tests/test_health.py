@@ -51,6 +51,7 @@ class FakeDaemon:
     probes: dict[str, EndpointStateProbe] = field(default_factory=dict)
 
     states_error: Exception | None = None
+    failed: dict[str, str] = field(default_factory=dict)
 
     def add_route(
         self, name: str, *, state: str = "running", subscribed: bool = True, in_flight: int = 0
@@ -61,6 +62,9 @@ class FakeDaemon:
 
     def broker_connected(self) -> bool:
         return self.connected
+
+    def failed_routes(self) -> Mapping[str, str]:
+        return self.failed
 
     def loop_lag_s(self) -> float:
         return self.lag_s
@@ -199,6 +203,7 @@ async def test_readyz_names_every_failing_condition(
     daemon: FakeDaemon, client: httpx.AsyncClient
 ) -> None:
     daemon.connected = False
+    daemon.failed = {"spam": "subscribe failed: AuthorizationError"}
     daemon.add_route("fraud")
     daemon.add_route("starting", state="starting", subscribed=False)
     paused = daemon.add_route("paused", state="paused")
@@ -215,6 +220,7 @@ async def test_readyz_names_every_failing_condition(
         "ready": False,
         "reasons": [
             "broker: not connected",
+            "route spam: failed to start (retrying): subscribe failed: AuthorizationError",
             "route starting: not subscribed",
             "route paused: paused (route): HTTP 404: RESOURCE_DOES_NOT_EXIST",
             "route fraud: endpoint NOT_READY",
