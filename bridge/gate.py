@@ -111,12 +111,15 @@ class RouteGate:
         if self._failures >= self._failures_to_pause:
             self.pause(DOWN, reason)
 
-    def probe_failed(self) -> None:
-        """The probe's request did not resume the route: the next one waits longer."""
+    def probe_failed(self) -> float:
+        """The probe's request did not resume the route: the next one waits longer.
+        Returns the seconds until the next probe."""
         self._probing = False
         self._probe_round += 1
-        self._probe_at = self._clock() + self._backoff()
+        wait_s = self._backoff()
+        self._probe_at = self._clock() + wait_s
         self._notify(report=False)
+        return wait_s
 
     # ---------------------------------------------------------------- waiting
 

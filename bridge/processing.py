@@ -230,7 +230,12 @@ class BatchProcessor:
                 if failure is Failure.EVENT:
                     self._gate.answered()
                 if probe and self._gate.paused:
-                    self._gate.probe_failed()
+                    log.info(
+                        "probe_failed",
+                        route=self._route.name,
+                        reason=exc.reason,
+                        next_probe_s=round(self._gate.probe_failed(), 3),
+                    )
                 if failure is Failure.EVENT:
                     raise
                 if failure is Failure.ROUTE:
