@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from bridge.formats import MAX_EVENT_DEPTH, UnwritableJson, read_json
 from bridge.pulsar_io import Received
 from bridge.redaction import Redactor, scrub
 
@@ -37,15 +38,36 @@ class BadEvent(ValueError):
 
 
 def decode(received: Received) -> Event:
-    """Parse the message payload; raise BadEvent with a reason naming the message."""
+    """Parse the message payload; raise BadEvent with a reason naming the message.
+
+    Numbers keep the value the event wrote (an integer beyond 64 bits is not rounded to a
+    float), and an event nested deeper than the request body can carry is rejected here,
+    where it is one bad event, rather than failing every time its batch is encoded.
+    """
+    data = received.data
     try:
-        row = orjson.loads(received.data)
+        row = read_json(data, max_depth=MAX_EVENT_DEPTH)
     except orjson.JSONDecodeError as exc:
-        # exc.msg only: the full message can quote the undecodable bytes themselves.
-        raise BadEvent(f"payload is not UTF-8 JSON: {exc.msg} at byte {exc.pos}") from exc
+        raise BadEvent(_not_json(data, exc)) from exc
+    except UnwritableJson as exc:
+        raise BadEvent(f"payload is {exc}, more than a request body can carry") from exc
     if not isinstance(row, dict):
         raise BadEvent(f"payload is JSON {type(row).__name__}, not an object")
     return Event(received, row)
+
+
+def _not_json(data: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why ``data`` is not JSON, with the offset in bytes of the first bad one.
+
+    orjson reports invalid UTF-8 at position 0 and counts other positions in characters,
+    so the offset is worked out here. Never the bytes themselves: they may not be text.
+    """
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"payload is not UTF-8: {bad.reason} at byte {bad.start}"
+    offset = len(text[: exc.pos].encode("utf-8"))
+    return f"payload is not JSON: {exc.msg} at byte {offset}"
 
 
 def result_message(
