@@ -1,12 +1,16 @@
-"""ServingClient over respx: success, every error body shape, Retry-After, transport errors, 401."""
+"""ServingClient over respx: success, every error body shape, Retry-After, transport errors, 401,
+and the limits on what a peer can make it do (size, decompression, deadline, depth)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import zlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -14,11 +18,13 @@ import pytest
 import respx
 
 from bridge.auth import BearerAuth, StaticTokenSource, Token, TokenCache
-from bridge.errors import AuthError, EndpointError
+from bridge.errors import AuthError, EndpointError, ResponseShapeError
+from bridge.formats import MAX_WRITE_DEPTH
 from bridge.secrets import Secret
 from bridge.serving import DEFAULT_RETRY_STATUSES, Invocation, ServingClient, parse_retry_after
 
 URL = "https://adb-123.azuredatabricks.net/serving-endpoints/fraud-model/invocations"
+WHERE = "POST /serving-endpoints/fraud-model/invocations"
 BODY = orjson.dumps({"dataframe_records": [{"amount": 1.5}, {"amount": 2}]})
 
 
@@ -321,9 +327,13 @@ async def test_timeouts_are_retriable_without_status(
 
     assert error.status is None
     assert error.retriable is True
-    assert error.message == f"timed out: {type(exc).__name__}"
+    assert error.message == (
+        f"timed out: {type(exc).__name__}: {exc} on {WHERE} before the response headers"
+    )
     assert error.reason.startswith("transport: timed out")
     assert error.__cause__ is exc
+    # Not reaching the host says nothing about the endpoint's load; a slow answer does.
+    assert error.timeout is not isinstance(exc, httpx.ConnectTimeout)
 
 
 @pytest.mark.parametrize(
@@ -343,8 +353,10 @@ async def test_connection_failures_are_retriable_without_status(
 
     assert error.status is None
     assert error.retriable is True
-    assert error.message.startswith("connection failed")
-    assert str(exc) in error.message
+    assert error.timeout is False
+    assert error.message == (
+        f"connection failed: {type(exc).__name__}: {exc} on {WHERE} before the response headers"
+    )
 
 
 async def test_undecodable_body_is_an_endpoint_error(
@@ -359,6 +371,116 @@ async def test_undecodable_body_is_an_endpoint_error(
     # A body that cannot be decoded is a transport failure: worth another try.
     assert error.status is None
     assert error.retriable is True
+
+
+# --------------------------------------------------------------------------- hostile answers
+# (more, over real sockets, in tests/test_hostile_peers.py)
+
+
+def limited(http: httpx.AsyncClient, max_response_bytes: int = 4096) -> ServingClient:
+    return ServingClient(URL, http, max_response_bytes=max_response_bytes)
+
+
+async def test_only_encodings_decoded_in_bounded_steps_are_offered(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    route = router.post(URL).respond(200, json={"predictions": []})
+
+    await ServingClient(URL, http).invoke(BODY)
+
+    assert route.calls.last.request.headers["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data, wbits=-zlib.MAX_WBITS)),
+    ],
+    ids=["gzip", "deflate-zlib", "deflate-raw"],
+)
+async def test_compressed_answers_are_decoded(
+    router: respx.MockRouter, http: httpx.AsyncClient, encoding: str, compress: Any
+) -> None:
+    answer = orjson.dumps({"predictions": [0.25] * 500})
+    router.post(URL).respond(
+        200, headers={"Content-Encoding": encoding}, stream=httpx.ByteStream(compress(answer))
+    )
+
+    invocation = await limited(http).invoke(BODY)
+
+    assert invocation.body == {"predictions": [0.25] * 500}
+
+
+async def test_another_content_encoding_is_a_transport_failure(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    router.post(URL).respond(200, headers={"Content-Encoding": "br"}, content=b"\x0b\x02")
+
+    error = await invoke_error(ServingClient(URL, http))
+
+    assert error.status is None
+    assert error.retriable is True
+    assert error.message.startswith("response has Content-Encoding 'br', not offered")
+
+
+async def test_an_answer_just_at_the_limit_is_read(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    answer = b'{"predictions": [' + b" " * (4096 - 20) + b"1]}"
+    assert len(answer) == 4096
+    router.post(URL).respond(
+        200, headers={"Content-Encoding": "gzip"}, stream=httpx.ByteStream(gzip.compress(answer))
+    )
+
+    assert (await limited(http).invoke(BODY)).body == {"predictions": [1]}
+
+
+async def test_an_answer_nested_deeper_than_results_can_be_written_is_an_event_error(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    depth = MAX_WRITE_DEPTH - 1
+    router.post(URL).respond(
+        200, content=b'{"predictions": [' + b"[" * depth + b"]" * depth + b"]}"
+    )
+
+    error = await invoke_error(ServingClient(URL, http))
+
+    assert isinstance(error, ResponseShapeError)
+    assert error.message == (
+        f"200 with a body nested deeper than {MAX_WRITE_DEPTH} levels, too deep to publish"
+    )
+
+
+async def test_big_integers_in_an_answer_are_kept_exactly(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    router.post(URL).respond(200, content=b'{"predictions": [123456789012345678901234567890]}')
+
+    invocation = await ServingClient(URL, http).invoke(BODY)
+
+    assert orjson.dumps(invocation.body) == b'{"predictions":[123456789012345678901234567890]}'
+
+
+async def test_the_deadline_covers_the_whole_request(
+    router: respx.MockRouter, http: httpx.AsyncClient
+) -> None:
+    async def never_answer(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    router.post(URL).mock(side_effect=never_answer)
+
+    error = await invoke_error(ServingClient(URL, http, timeout_s=0.05))
+
+    assert error.status is None
+    assert error.retriable is True
+    assert error.timeout is True
+    assert error.message == (
+        f"timed out after 0.05 s (deadline for the whole request), {WHERE} "
+        "before the response headers"
+    )
 
 
 # --------------------------------------------------------------------------- BearerAuth
