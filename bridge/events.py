@@ -65,9 +65,9 @@ def _not_json(data: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return f"payload is not UTF-8: {bad.reason} at byte {bad.start}"
+        return f"payload is not UTF-8 JSON: not UTF-8 ({bad.reason}) at byte {bad.start}"
     offset = len(text[: exc.pos].encode("utf-8"))
-    return f"payload is not JSON: {exc.msg} at byte {offset}"
+    return f"payload is not UTF-8 JSON: {exc.msg} at byte {offset}"
 
 
 def result_message(

@@ -156,7 +156,7 @@ def test_decimals_are_doubles_however_many_digits_they_have() -> None:
 def test_an_integer_too_long_for_a_double_is_a_bad_event_with_the_reason() -> None:
     # orjson reads integers past 64 bits as doubles, and this one is past a double's range.
     assert reason(b'{"id": ' + b"1" * 400 + b"}") == (
-        "payload is not JSON: number is infinity when parsed as double at byte 7"
+        "payload is not UTF-8 JSON: number is infinity when parsed as double at byte 7"
     )
 
 
@@ -194,14 +194,15 @@ def test_invalid_utf8_is_reported_at_its_real_byte_offset() -> None:
     data = b'{"name": "abcdefghijklmn\xff\xfe"}'
     assert data.index(b"\xff") == 24
 
-    assert reason(data) == "payload is not UTF-8: invalid start byte at byte 24"
+    assert reason(data) == "payload is not UTF-8 JSON: not UTF-8 (invalid start byte) at byte 24"
 
 
 def test_a_truncated_multibyte_character_is_reported_where_it_starts() -> None:
     data = '{"näme": "é'.encode() + "€".encode()[:2] + b'"}'
 
-    assert (
-        reason(data) == f"payload is not UTF-8: invalid continuation byte at byte {len(data) - 4}"
+    start = len(data) - 4  # the euro sign's first byte, followed by a quote, not its second
+    assert reason(data) == (
+        f"payload is not UTF-8 JSON: not UTF-8 (invalid continuation byte) at byte {start}"
     )
 
 
@@ -211,12 +212,14 @@ def test_a_syntax_error_after_multibyte_text_is_reported_in_bytes_not_characters
 
     assert (
         reason(data)
-        == "payload is not JSON: unexpected character, expected a JSON value at byte 11"
+        == "payload is not UTF-8 JSON: unexpected character, expected a JSON value at byte 11"
     )
 
 
 def test_an_empty_payload_says_so() -> None:
-    assert reason(b"") == "payload is not JSON: Input is a zero-length, empty document at byte 0"
+    assert (
+        reason(b"") == "payload is not UTF-8 JSON: Input is a zero-length, empty document at byte 0"
+    )
 
 
 # --------------------------------------------------------------------------- depth
