@@ -321,6 +321,7 @@ class Bridge:
             auth=target.auth,
             timeout_s=settings.endpoint.timeout_s,
             retry_statuses=settings.failure.retry_statuses,
+            max_response_bytes=settings.endpoint.max_response_bytes,
         )
         if target.missing is not None:
             log.warning("route_starts_paused", route=settings.name, reason=target.missing)
