@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +36,9 @@ from bridge.addresses import check_http_url, check_service_url, parse_bind
 from bridge.errors import ConfigError, ConfigProblem
 from bridge.redaction import Redactor
 from bridge.secrets import Secret
+
+if TYPE_CHECKING:
+    from bridge.config_load import SecretsRead
 
 
 def _to_secret(value: object, info: ValidationInfo) -> Secret:
@@ -382,24 +385,34 @@ class ConfigReport:
 
 
 def load_config(
-    directory: Path, env: Mapping[str, str] | None = None, *, redactor: Redactor | None = None
+    directory: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    redactor: Redactor | None = None,
+    secrets: SecretsRead = "all",
 ) -> Config:
     """Read, validate and cross-check a config directory; raise ConfigError with every problem.
 
     Secrets are resolved once here so an unreadable secret file fails ``check`` and start-up,
     but they are read again whenever used; ``redactor`` learns every value revealed.
+    Commands that never call Databricks read fewer (``secrets``: "pulsar" or "none").
     """
-    report = inspect_config(directory, env, redactor=redactor)
+    report = inspect_config(directory, env, redactor=redactor, secrets=secrets)
     if report.config is None:
         raise ConfigError(report.problems)
     return report.config
 
 
 def inspect_config(
-    directory: Path, env: Mapping[str, str] | None = None, *, redactor: Redactor | None = None
+    directory: Path,
+    env: Mapping[str, str] | None = None,
+    *,
+    redactor: Redactor | None = None,
+    secrets: SecretsRead = "all",
 ) -> ConfigReport:
     """Like :func:`load_config`, but returns the problems with the warnings (for ``check``)."""
     # Imported here: the loader builds the models above, so it imports this module.
     from bridge.config_load import read_directory
 
-    return read_directory(directory, dict(os.environ if env is None else env), redactor)
+    env = dict(os.environ if env is None else env)
+    return read_directory(directory, env, redactor, secrets=secrets)

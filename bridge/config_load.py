@@ -2,6 +2,7 @@
 
     read_directory   bridge.toml and routes/*.toml -> a ConfigReport (config or problems,
                      and warnings either way); bridge.config.load_config raises on problems
+                     (``secrets`` says which secrets it reads: see SecretsRead)
     validate         one model from one table; each pydantic error becomes file, dotted key
                      (``failure.retry_statuses[0]``) and message, with the offending value
                      when the message does not show it, and for an unknown key the known key
@@ -19,7 +20,7 @@ import tomllib
 import types
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
@@ -66,8 +67,20 @@ _ENV_FALLBACK = {
 }
 
 
+# Which secrets a load reads: "all" (run, check); "pulsar" (send, tail, replay, which
+# connect to the broker); "none" (status, which reads HTTP APIs only). The others are only
+# checked for a well-formed reference (config_rules.check_references), and a host is not
+# required: both may come from the service's environment alone (``file:${CREDENTIALS_
+# DIRECTORY}/...`` exists inside the systemd unit only; DATABRICKS_HOST in its unit).
+SecretsRead = Literal["all", "pulsar", "none"]
+
+
 def read_directory(
-    directory: Path, env: Mapping[str, str], redactor: Redactor | None
+    directory: Path,
+    env: Mapping[str, str],
+    redactor: Redactor | None,
+    *,
+    secrets: SecretsRead = "all",
 ) -> ConfigReport:
     """Every problem and warning in ``directory``, and the config when there is no problem."""
     if not directory.is_dir():
@@ -98,11 +111,25 @@ def read_directory(
     problems.extend(config_rules.check_loops(views))
     warnings.extend(config_rules.non_persistent_outputs(views))
     if data is not None:
+        everything = secrets == "all"
         workspaces = _workspaces(data, context)
-        problems.extend(config_rules.check_workspaces(workspaces, views, bridge_file))
-        secrets = _secrets(data, context)
-        problems.extend(config_rules.check_secrets(secrets, bridge_file, warnings))
-        problems.extend(config_rules.check_credential_files(data, env, bridge_file, warnings))
+        problems.extend(
+            config_rules.check_workspaces(workspaces, views, bridge_file, require_host=everything)
+        )
+        references = config_rules.secret_references(data)
+        read = {
+            key: _secret(key, reference, context)
+            for key, reference in references.items()
+            if everything or (secrets == "pulsar" and key.startswith("pulsar."))
+        }
+        unread = {k: v for k, v in references.items() if k not in read}
+        problems.extend(config_rules.check_secrets(read, bridge_file, warnings))
+        problems.extend(config_rules.check_references(unread, bridge_file))
+        problems.extend(
+            config_rules.check_credential_files(
+                data, env, bridge_file, warnings, databricks=everything
+            )
+        )
     # Grouped by file, bridge.toml first; each file's problems stay in the order found.
     problems.sort(key=lambda p: (p.file != str(bridge_file), p.file))
     if problems or bridge is None:
@@ -227,31 +254,12 @@ class _Secret(BaseModel):
     token: SecretField | None = None
 
 
-def _secrets(data: Mapping[str, Any], context: Mapping[str, Any]) -> dict[str, Secret]:
-    """Every secret bridge.toml names, by dotted key, built as the settings build them."""
-    tables: dict[str, object] = {"databricks": data.get("databricks")}
-    workspaces = data.get("workspaces")
-    if isinstance(workspaces, dict):
-        tables.update({f"databricks.{name}": t for name, t in workspaces.items()})
-    pulsar = data.get("pulsar")
-    auth = pulsar.get("auth") if isinstance(pulsar, dict) else None
-    if isinstance(auth, dict) and auth.get("type") == "token":
-        tables["pulsar.auth"] = {"token": auth.get("token")}
-    found: dict[str, Secret] = {}
-    for section, table in tables.items():
-        if not isinstance(table, dict):
-            continue
-        for field in _Secret.model_fields:
-            if table.get(field) is None:
-                continue
-            try:
-                one = _Secret.model_validate({field: table[field]}, context=dict(context))
-            except ValidationError:
-                continue  # not a string: the settings validation reports it
-            secret = getattr(one, field)
-            assert isinstance(secret, Secret)
-            found[f"{section}.{field}"] = secret
-    return found
+def _secret(key: str, reference: str, context: Mapping[str, Any]) -> Secret:
+    """The secret at dotted ``key``, built as the settings build it."""
+    field = key.rpartition(".")[2]
+    secret = getattr(_Secret.model_validate({field: reference}, context=dict(context)), field)
+    assert isinstance(secret, Secret)
+    return secret
 
 
 # --------------------------------------------------------------------------- files

@@ -4,7 +4,9 @@
     check_loops          no result or dead-letter topic may flow back into its own route's
                          source, directly or through other routes (A -> B -> A)
     check_workspaces     every named endpoint has a workspace with a host
+    secret_references    the secrets named in bridge.toml, as written
     check_secrets        every secret named in bridge.toml resolves
+    check_references     ... or, for a command that does not read it, is well formed
     check_credential_files  ... and every other credential file or variable
 
 They read the raw tables of each file (:class:`RouteView`, the bridge.toml dict) rather than
@@ -17,6 +19,7 @@ names (:mod:`bridge.topics`), never as written.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import topics
 from bridge.errors import ConfigProblem, SecretError
+from bridge.redaction import REDACTED, suspicious_reference
 from bridge.secrets import Secret
 
 if TYPE_CHECKING:
@@ -217,12 +221,16 @@ def check_workspaces(
     workspaces: Mapping[str | None, WorkspaceSettings | None],
     routes: Iterable[RouteView],
     bridge_file: Path,
+    *,
+    require_host: bool = True,
 ) -> list[ConfigProblem]:
     """Every named-endpoint route has a workspace with a host.
 
     ``workspaces`` maps None to ``[databricks]`` and each ``[databricks.<name>]`` to its
     settings, or to None when that section is invalid (already reported): it exists, but
-    what it holds is unknown.
+    what it holds is unknown. ``require_host=False`` (commands that never call Databricks)
+    only checks that the workspace exists: the host may come from ``DATABRICKS_HOST`` in
+    the service's environment, not in the operator's shell.
     """
     problems: list[ConfigProblem] = []
     named = [name for name in workspaces if name is not None]
@@ -241,7 +249,7 @@ def check_workspaces(
             )
             continue
         workspace = workspaces.get(route.workspace)
-        if workspace is None:
+        if workspace is None or not require_host:
             continue
         if workspace.host is None and workspace.resolved_auth_type != "databricks-sdk":
             section = "databricks" if route.workspace is None else f"databricks.{route.workspace}"
@@ -253,6 +261,27 @@ def check_workspaces(
                 )
             )
     return problems
+
+
+def secret_references(data: Mapping[str, Any]) -> dict[str, str]:
+    """Every secret bridge.toml names, by dotted key, as written (a value that is not a
+    non-empty string is left to the settings validation)."""
+    tables: dict[str, object] = {"databricks": data.get("databricks")}
+    workspaces = data.get("workspaces")
+    if isinstance(workspaces, dict):
+        tables.update({f"databricks.{name}": t for name, t in workspaces.items()})
+    auth = _table(_table(data, "pulsar"), "auth")
+    if auth.get("type") == "token":
+        tables["pulsar.auth"] = {"token": auth.get("token")}
+    found: dict[str, str] = {}
+    for section, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        for field in ("client_id", "client_secret", "token"):
+            value = table.get(field)
+            if isinstance(value, str) and value:
+                found[f"{section}.{field}"] = value
+    return found
 
 
 def check_secrets(
@@ -272,20 +301,66 @@ def check_secrets(
     return problems
 
 
+# ``${NAME}`` in a file: path, expanded when the secret is read (bridge.secrets).
+_PLACEHOLDER = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def check_references(references: Mapping[str, str], bridge_file: Path) -> list[ConfigProblem]:
+    """Secrets a command does not read (by dotted key, as written): each well formed.
+
+    For ``status`` and the operator tools, which never call Databricks: its secrets may
+    resolve only inside the service (``file:${CREDENTIALS_DIRECTORY}/...``, a variable in
+    the unit's environment), so they are not read, but a reference that could never
+    resolve anywhere is still refused. A target that looks like the secret itself is
+    never shown.
+    """
+    problems: list[ConfigProblem] = []
+    for key, reference in references.items():
+        why = _reference_problem(reference)
+        if why is not None:
+            problems.append(ConfigProblem(str(bridge_file), key, why))
+    return problems
+
+
+def _reference_problem(reference: str) -> str | None:
+    kind, _, target = reference.partition(":")
+    if kind == "env" and suspicious_reference("env", target):
+        return (
+            f"env:{REDACTED} is not an environment variable name (env: takes the name of a "
+            "variable holding the secret, not the secret)"
+        )
+    if kind != "file":
+        return None  # a literal, or env: with a variable name
+    if not target:
+        return "file: needs the path of the file holding the secret"
+    if suspicious_reference("file", target):
+        return f"file:{REDACTED} looks like the secret itself, not the path of its file"
+    if "${" in _PLACEHOLDER.sub("", target):
+        return f"{reference!r}: '${{' must start a variable, as in ${{CREDENTIALS_DIRECTORY}}"
+    return None
+
+
 def check_credential_files(
-    data: Mapping[str, Any], env: Mapping[str, str], bridge_file: Path, warnings: list[str]
+    data: Mapping[str, Any],
+    env: Mapping[str, str],
+    bridge_file: Path,
+    warnings: list[str],
+    *,
+    databricks: bool = True,
 ) -> list[ConfigProblem]:
     """The files and variables the daemon reads credentials from, other than secrets.
 
     Paths are taken as written, relative to the daemon's working directory, as the
     identity code and the Pulsar client read them. An OIDC subject token that cannot be
     read is only a warning: it is re-read at every exchange, and a token agent may write
-    it after the bridge starts.
+    it after the bridge starts. ``databricks=False`` leaves the workspaces' files unread.
     """
     problems: list[ConfigProblem] = []
-    tables = {"databricks": _table(data, "databricks")}
-    for name, table in _table(data, "workspaces").items():
-        tables[f"databricks.{name}"] = table if isinstance(table, dict) else {}
+    tables: dict[str, Mapping[str, Any]] = {}
+    if databricks:
+        tables["databricks"] = _table(data, "databricks")
+        for name, table in _table(data, "workspaces").items():
+            tables[f"databricks.{name}"] = table if isinstance(table, dict) else {}
     for section, table in tables.items():
         for field, kind in (("oidc_token_file", "file"), ("oidc_token_env", "env")):
             where = _string(table.get(field))

@@ -1,7 +1,9 @@
 """Subscription lag from the broker: the admin REST API, or Prometheus for pulsar-lite.
 
-Lag is the broker's view (backlog, unacked, consumers), read for ``pulsar-bridge status``;
-the daemon itself never needs it.
+Lag is the broker's view (backlog, unacked, consumers), read for ``pulsar-bridge status``
+whether the daemon runs or not; the daemon itself never needs it. The admin API gets the
+``[pulsar] auth`` token when there is one, read when used (status loads the config without
+reading secrets); pulsar-lite's metrics need none.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from urllib.parse import quote
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import PulsarSettings
+from bridge.config import PulsarSettings, PulsarTokenAuth
+from bridge.errors import SecretError
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,27 @@ async def read_lag(
 ) -> Lag:
     """Lag of one subscription summed over its topics; ``error`` says why it is unknown."""
     if pulsar.admin_url:
-        return await _admin_lag(http, pulsar.admin_url, topics, subscription)
+        headers: dict[str, str] = {}
+        if isinstance(pulsar.auth, PulsarTokenAuth):
+            try:
+                headers["Authorization"] = f"Bearer {pulsar.auth.token.reveal()}"
+            except SecretError as exc:
+                return Lag(error=f"admin API: [pulsar] auth token: {exc}")
+        return await _admin_lag(http, pulsar.admin_url, topics, subscription, headers)
     if pulsar.metrics_url:
         return await _prometheus_lag(http, pulsar.metrics_url, topics, subscription)
     return Lag(error="set [pulsar] admin_url (or metrics_url for pulsar-lite)")
 
 
-async def _admin_lag(http: httpx.AsyncClient, admin: str, topics: list[str], sub: str) -> Lag:
+async def _admin_lag(
+    http: httpx.AsyncClient, admin: str, topics: list[str], sub: str, headers: dict[str, str]
+) -> Lag:
     backlog = unacked = consumers = 0
     for topic in topics:
         domain, namespace, local = _topic_path(topic)
         url = f"{admin.rstrip('/')}/admin/v2/{domain}/{namespace}/{quote(local, safe='')}/stats"
         try:
-            response = await http.get(url)
+            response = await http.get(url, headers=headers)
             response.raise_for_status()
             stats = response.json().get("subscriptions", {}).get(sub)
         except (httpx.HTTPError, ValueError) as exc:
