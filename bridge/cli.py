@@ -2,6 +2,8 @@
 
 pulsar-bridge run     -c DIR     run the daemon until SIGTERM/SIGINT
 pulsar-bridge check   -c DIR     validate a config directory; exit 1 listing every problem
+                                 (--connect: then try the broker, tokens and endpoints)
+pulsar-bridge status  -c DIR     per-route state and backlog, whether the daemon runs or not
 pulsar-bridge emulate [...]      serve the local Databricks emulator
 pulsar-bridge send | tail | replay   operator tools (bridge.tools)
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from bridge import __version__
 from bridge.config import Config, load_config
+from bridge.config_load import SecretsRead
 from bridge.errors import ConfigError
 from bridge.redaction import Redactor
 
@@ -53,9 +56,24 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config directory")
     _config_arg(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="then try the broker, each source topic, each workspace's token and each "
+        "named endpoint (exists, READY); exit 1 if any fails",
+    )
+    check.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds each --connect check may take"
+    )
     check.set_defaults(handler=_check)
 
-    status = sub.add_parser("status", help="show what a running daemon's routes are doing")
+    status = sub.add_parser(
+        "status",
+        help="show what the routes are doing and their backlog",
+        description="Per route: the daemon's state and rates (its /status on [observe] "
+        "http_bind) and the broker's backlog ([pulsar] admin_url or metrics_url). Reads no "
+        "Databricks secret. Exit 3 when the daemon does not answer (the backlog is shown).",
+    )
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="one JSON document per refresh")
     status.add_argument("--watch", action="store_true", help="refresh in place until Ctrl-C")
@@ -86,11 +104,11 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(directory: Path, redactor: Redactor) -> Config | None:
+def _load(directory: Path, redactor: Redactor, secrets: SecretsRead = "all") -> Config | None:
     """The config, or None after printing every problem (redacted: a problem may quote a
-    secret, as ``env:<the secret>`` does)."""
+    secret, as ``env:<the secret>`` does). ``secrets``: which ones a command reads."""
     try:
-        return load_config(directory, redactor=redactor)
+        return load_config(directory, redactor=redactor, secrets=secrets)
     except ConfigError as exc:
         print(redactor.redact(f"invalid configuration in {directory}:"), file=sys.stderr)
         for problem in exc.problems:
@@ -123,6 +141,27 @@ def _check(args: argparse.Namespace) -> int:
         )
         print(redactor.redact(line))
     print(redactor.redact(f"{args.config}: OK, {len(config.routes)} route(s)"))
+    if not args.connect:
+        return 0
+    return _check_connect(config, redactor, args)
+
+
+def _check_connect(config: Config, redactor: Redactor, args: argparse.Namespace) -> int:
+    from bridge.client_log import NativeStdout
+    from bridge.connect_check import client_lines_to_stderr, run_checks
+
+    # The Pulsar client's own lines (a refused connection, retried) go to stderr: stdout
+    # is one line per check.
+    with NativeStdout():
+        client_lines_to_stderr(redactor)
+        checks = asyncio.run(run_checks(config, redactor, args.timeout))
+    for check in checks:
+        print(redactor.redact(check.line()))
+    failed = sum(check.failed for check in checks)
+    if failed:
+        print(redactor.redact(f"{args.config}: {failed} of {len(checks)} check(s) FAILED"))
+        return 1
+    print(redactor.redact(f"{args.config}: connected, {len(checks)} check(s) ok"))
     return 0
 
 
@@ -159,7 +198,8 @@ def _tool(args: argparse.Namespace) -> int:
     """send, tail, replay: load the config, then the tool's own ``run``."""
     from bridge.tools import run_tool
 
-    config = _load(args.config, Redactor())
+    # They talk to the broker only: its token is read, the Databricks secrets are not.
+    config = _load(args.config, Redactor(), secrets="pulsar")
     if config is None:
         return 1
     return run_tool(config, args)
@@ -170,12 +210,21 @@ def _status(args: argparse.Namespace) -> int:
     from bridge.status import show
 
     redactor = Redactor()
-    config = _load(args.config, redactor)
+    # No secret is read: status runs where the service's credentials are not (an operator's
+    # shell, without systemd's $CREDENTIALS_DIRECTORY); the admin API's token is read
+    # when used.
+    config = _load(args.config, redactor, secrets="none")
     if config is None:
         return 1
     try:
         code: int = asyncio.run(
-            show(config, as_json=args.json, watch=args.watch, interval_s=args.interval)
+            show(
+                config,
+                as_json=args.json,
+                watch=args.watch,
+                interval_s=args.interval,
+                redact=lambda text: redactor.redact(text, multiline=True),
+            )
         )
     except BridgeError as exc:
         print(redactor.redact(f"pulsar-bridge status: {exc}"), file=sys.stderr)

@@ -525,6 +525,17 @@ class PulsarConnection:
             ) from exc
         return TopicReader(reader, topic)
 
+    async def lookup(self, topic: str) -> list[str]:
+        """The topic's partitions (itself when not partitioned), as the broker answers:
+        for ``check --connect``, which tries the broker without consuming or publishing."""
+        try:
+            return await self._partitions(topic)
+        except pulsar_asyncio.PulsarException as exc:
+            raise BrokerError(
+                f"cannot look up {topic} at {self.settings.service_url}: {exc}"
+                f"{_hint(exc, self.settings)}"
+            ) from exc
+
     async def _partitions(self, topic: str) -> list[str]:
         """The topic's partitions (the topic itself when it is not partitioned)."""
         answer: asyncio.Future[Sequence[str]] = asyncio.get_running_loop().create_future()

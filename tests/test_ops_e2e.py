@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ import tomli_w
 
 from bridge.embedded import free_port
 from bridge.emulator import EmulatorServer
-from tests.conftest import CLIENT_SECRET, BridgeFactory
+from tests.conftest import CLIENT_SECRET, BridgeFactory, Broker
 from tests.support.harness import (
     BridgeProcess,
     TopicReader,
@@ -26,6 +27,7 @@ from tests.support.harness import (
     publish,
     route_config,
     secret_file,
+    write_config,
 )
 
 pytestmark = pytest.mark.integration
@@ -159,6 +161,14 @@ def test_sighup_adds_removes_and_changes_routes_and_rejects_a_bad_config(
     assert bridge.stop() == 0
 
 
+def lag_source(broker: object) -> dict[str, str]:
+    """Where status reads lag: Apache Pulsar's admin API, or pulsar-lite's metrics."""
+    admin_url = getattr(broker, "admin_url", None)
+    if admin_url:
+        return {"admin_url": admin_url}
+    return {"metrics_url": str(getattr(broker, "metrics_url", None))}
+
+
 def test_status_command_prints_rates_and_lag(
     pulsar_client: pulsar.Client,
     broker: object,
@@ -166,15 +176,9 @@ def test_status_command_prints_rates_and_lag(
     start_bridge: BridgeFactory,
 ) -> None:
     port = free_port()
-    admin_url = getattr(broker, "admin_url", None)
-    lag_source = (
-        {"admin_url": admin_url}
-        if admin_url
-        else {"metrics_url": getattr(broker, "metrics_url", None)}
-    )
     bridge = start_bridge(
         {"fraud": route_config(topics)},
-        extra={"observe": {"http_bind": f"127.0.0.1:{port}"}, "pulsar": lag_source},
+        extra={"observe": {"http_bind": f"127.0.0.1:{port}"}, "pulsar": lag_source(broker)},
     )
     publish(pulsar_client, topics.source, [json.dumps(event(i)).encode() for i in range(50)])
     bridge.wait_for("batch")
@@ -192,6 +196,57 @@ def test_status_command_prints_rates_and_lag(
     assert row["route"] == "fraud"
     assert row["state"] == "running"
     assert set(row["lag"]) == {"backlog", "unacked", "consumers", "error"}
+    assert row["daemon_error"] is None
+
+
+def test_status_with_the_daemon_down_and_no_secret_resolvable_shows_the_backlog(
+    pulsar_client: pulsar.Client, broker: Broker, topics: Topics, tmp_path: Path
+) -> None:
+    # The README's systemd set-up, asked from a shell outside the unit: its client secret
+    # is in $CREDENTIALS_DIRECTORY, which exists only inside the service, and no daemon
+    # listens on http_bind.
+    directory = write_config(
+        tmp_path / "conf",
+        service_url=broker.url,
+        databricks={
+            "host": "https://adb-1.azuredatabricks.net",
+            "client_id": "bridge-sp",
+            "client_secret": "file:${CREDENTIALS_DIRECTORY}/databricks-client-secret",
+        },
+        routes={"fraud": route_config(topics)},
+        extra={
+            "observe": {"http_bind": f"127.0.0.1:{free_port()}"},
+            "pulsar": lag_source(broker),
+        },
+    )
+    pulsar_client.subscribe(topics.source, topics.subscription).close()
+    # One message per entry: the broker's backlog counts entries, a batch as one.
+    producer = pulsar_client.create_producer(topics.source, batching_enabled=False)
+    for i in range(25):
+        producer.send(json.dumps(event(i)).encode())
+    producer.close()
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    command = [sys.executable, "-m", "bridge", "status", "-c", str(directory)]
+
+    # pulsar-lite refreshes its metrics every few seconds: ask until it counts all 25 (the
+    # admin API of Apache Pulsar answers at once). Every answer must say the daemon is down.
+    for _ in range(60):
+        as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env)
+        assert as_json.returncode == 3, as_json.stderr
+        (row,) = json.loads(as_json.stdout)
+        assert row["state"] == "daemon down"
+        assert "ConnectError" in row["daemon_error"]
+        if row["lag"]["backlog"] == 25:
+            break
+    assert row["lag"]["backlog"] == 25, row
+    table = subprocess.run(command, capture_output=True, text=True, env=env)
+
+    assert table.returncode == 3, table.stderr
+    first, header, fraud = table.stdout.splitlines()
+    assert first.startswith("daemon: DOWN: http://127.0.0.1:")
+    assert "BACKLOG and UNACKED are the broker's" in first
+    assert header.split()[:2] == ["ROUTE", "STATE"]
+    assert fraud.split()[:8] == ["fraud", "daemon", "down", "-", "-", "-", "-", "25"]
 
 
 def test_no_secret_or_token_reaches_any_log_line(

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +20,8 @@ from bridge.config import Config, load_config
 from bridge.config_load import SecretsRead
 from bridge.errors import ConfigError, ConfigProblem
 from bridge.status import DAEMON_DOWN, collect, show
+from tests.conftest import Broker
+from tests.support.harness import unique_topic
 
 HOST = "https://adb-1.azuredatabricks.net"
 ROUTE = """
@@ -30,7 +35,14 @@ name = "fraud-model"
 [result]
 topic = "persistent://public/default/scores"
 """
-# The README's systemd set-up: the client secret exists only inside the service.
+# The README's systemd set-up: the client secret exists only inside the service, and the
+# client id in its environment.
+DATABRICKS = f"""
+[databricks]
+host = "{HOST}"
+client_id = "env:BRIDGE_SP_ID"
+client_secret = "file:${{CREDENTIALS_DIRECTORY}}/databricks-client-secret"
+"""
 SYSTEMD_BRIDGE = f"""
 [pulsar]
 metrics_url = "http://127.0.0.1:8080/metrics"
@@ -41,12 +53,7 @@ token = "file:${{CREDENTIALS_DIRECTORY}}/pulsar-token"
 
 [observe]
 http_bind = "127.0.0.1:9464"
-
-[databricks]
-host = "{HOST}"
-client_id = "env:BRIDGE_SP_ID"
-client_secret = "file:${{CREDENTIALS_DIRECTORY}}/databricks-client-secret"
-"""
+{DATABRICKS}"""
 
 
 def write(directory: Path, bridge: str, route: str = ROUTE) -> Path:
@@ -290,3 +297,36 @@ async def test_admin_api_gets_the_pulsar_token_read_when_used(tmp_path: Path) ->
         "Bearer the-pulsar-token"
     }
     assert {auth for where, auth in seen if where != "127.0.0.1:8081"} == {None}
+
+
+# --------------------------------------------------------------------------- the tools
+
+
+@pytest.mark.integration
+def test_send_and_tail_run_where_the_databricks_secrets_do_not_resolve(
+    tmp_path: Path, broker: Broker
+) -> None:
+    topic = unique_topic("tools")
+    directory = write(tmp_path, f'[pulsar]\nservice_url = "{broker.url}"\n{DATABRICKS}')
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    command = [sys.executable, "-m", "bridge"]
+
+    sent = subprocess.run(
+        [*command, "send", "-c", str(directory), "--topic", topic],
+        input='{"id": 1}\n',
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    shown = subprocess.run(
+        [*command, "tail", "-c", str(directory), "--topic", topic, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+    assert sent.returncode == 0, sent.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert [json.loads(line)["payload"] for line in shown.stdout.splitlines()] == ['{"id": 1}']
