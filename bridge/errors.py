@@ -7,6 +7,7 @@
     ├── EndpointError          a serving call failed; ``retriable`` says whether to try again
     │   └── ResponseShapeError the endpoint answered 200 with a body we cannot map
     ├── BrokerError            a Pulsar operation failed (subscribe, publish, ack)
+    ├── SchemaError            a topic's schema cannot be used, or the broker refused one
     └── ShutdownRequested      raised inside a route when the daemon is draining
 
 Foreign exceptions (httpx, pulsar, authlib) are translated where they are caught, with
@@ -104,6 +105,11 @@ class ResponseShapeError(EndpointError):
 
 class BrokerError(BridgeError):
     """A Pulsar operation failed."""
+
+
+class SchemaError(BridgeError):
+    """A route cannot start with its schemas: a source topic's registered schema is one the
+    bridge cannot decode, or the broker refused the result schema (the message says why)."""
 
 
 class ResultRejected(BrokerError):

@@ -38,7 +38,7 @@ class ProtobufRecord:
             self.descriptor: Descriptor = pool.FindMessageTypeByName(name)
         except KeyError as exc:
             raise SchemaProblem(f"no message type {name!r} in the descriptor set") from exc
-        self._cls = message_factory.GetMessageClass(self.descriptor)
+        self.message_class = message_factory.GetMessageClass(self.descriptor)
 
     @classmethod
     def from_pulsar(cls, definition: str) -> ProtobufRecord:
@@ -53,7 +53,7 @@ class ProtobufRecord:
 
     def decode(self, data: bytes) -> dict[str, Any]:
         try:
-            parsed = self._cls.FromString(data)
+            parsed = self.message_class.FromString(data)
         except message.DecodeError as exc:
             raise Undecodable(f"not a {self.descriptor.full_name}: {exc}") from exc
         return _message_row(parsed)
@@ -63,7 +63,7 @@ class ProtobufRecord:
         for field in self.descriptor.fields:
             avro = _PROTO_AVRO.get(field.type)
             if avro is not None and field.message_type is None:
-                types[field.name] = {"type": "array", "items": avro} if field.is_repeated else avro
+                types[field.name] = {"type": "array", "items": avro} if _repeated(field) else avro
         return types
 
 
@@ -127,7 +127,7 @@ def _message_row(msg: message.Message) -> dict[str, Any]:
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             row[field.name] = {k: _field_value(value_field, v) for k, v in value.items()}
-        elif field.is_repeated:
+        elif _repeated(field):
             row[field.name] = [_field_value(field, v) for v in value]
         elif field.has_presence and not msg.HasField(field.name):
             row[field.name] = None
@@ -146,3 +146,9 @@ def _field_value(field: Any, value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     return value
+
+
+def _repeated(field: Any) -> bool:
+    # FieldDescriptor.is_repeated in recent protobuf releases; label (gone in 7) before it.
+    flag = getattr(field, "is_repeated", None)
+    return bool(flag) if flag is not None else field.label == FieldDescriptor.LABEL_REPEATED

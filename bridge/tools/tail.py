@@ -6,6 +6,11 @@ It reads with a non-durable reader: no subscription is created or left behind on
 Pulsar, and no message is acknowledged on any subscription. To find the last --limit
 messages it reads the topic from its first message, so on a long topic it takes a while
 before the first line appears.
+
+Messages of a typed topic (one with a schema in the broker's registry: Avro, JSON schema,
+protobuf) are shown decoded, with their schema's type and version; the registry is read
+through ``[pulsar] admin_url`` when set, else over the binary protocol. pulsar-lite keeps
+no schemas and stamps no versions, so there its typed payloads show as bytes.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ import argparse
 import base64
 import datetime as dt
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from bridge.config import Config
+from bridge.errors import BrokerError
 from bridge.pulsar_io import Position, PulsarConnection, Received, TopicReader
+from bridge.schema_config import from_topic_schema
+from bridge.schema_protobuf import ProtobufRecord
+from bridge.schema_registry import SchemaRegistry, registry_for
+from bridge.schemas import AvroRecord, Decoder, SchemaProblem, Undecodable
 from bridge.tools import count
 
 # How long one wait for a new message lasts with --follow, so Ctrl-C is noticed.
@@ -39,8 +50,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per message")
 
 
-def as_json(message: Received) -> dict[str, Any]:
-    """One message as a JSON object; the payload as text, or base64 when it is not UTF-8."""
+@dataclass(frozen=True)
+class Typed:
+    """A message's payload decoded with its schema (or why it did not decode)."""
+
+    schema: str  # "AVRO v1"
+    value: Any = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"schema": self.schema, "decode_error": self.error}
+        return {"schema": self.schema, "value": self.value}
+
+
+class TypedPayloads:
+    """Decodes messages that carry a schema version, with the topic's registered schemas."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self._registry = registry
+        self._decoders: dict[tuple[str, int], tuple[str, Decoder | str]] = {}
+
+    async def decode(self, message: Received) -> Typed | None:
+        """None for a message without a schema version (untyped, or from pulsar-lite)."""
+        version = message.schema_version
+        if version < 0:
+            return None
+        key = (message.topic, version)
+        if key not in self._decoders:
+            self._decoders[key] = await self._decoder(message.topic, version)
+        schema, decoder = self._decoders[key]
+        if isinstance(decoder, str):
+            return Typed(schema, error=decoder)
+        try:
+            return Typed(schema, decoder(message.data))
+        except (Undecodable, orjson.JSONDecodeError) as exc:
+            return Typed(schema, error=str(exc))
+
+    async def _decoder(self, topic: str, version: int) -> tuple[str, Decoder | str]:
+        try:
+            found = await self._registry.fetch(topic, version)
+        except BrokerError as exc:
+            return f"v{version}", str(exc)
+        if found is None:
+            return f"v{version}", "not in the broker's schema registry"
+        label = f"{found.type} v{version}"
+        try:
+            schema = None if found.type in ("JSON", "STRING") else from_topic_schema(found)
+        except SchemaProblem as exc:
+            return label, str(exc)
+        if isinstance(schema, AvroRecord):
+            return label, schema.decoder()
+        if isinstance(schema, ProtobufRecord):
+            return label, schema.decode
+        return label, orjson.loads
+
+
+def as_json(message: Received, typed: Typed | None = None) -> dict[str, Any]:
+    """One message as a JSON object; the payload as text, or base64 when it is not UTF-8;
+    a typed message's value decoded as well."""
     shown: dict[str, Any] = {
         "topic": message.topic,
         "message_id": message.message_id,
@@ -52,13 +120,20 @@ def as_json(message: Received) -> dict[str, Any]:
         shown["payload"] = message.data.decode("utf-8")
     except UnicodeDecodeError:
         shown["payload_base64"] = base64.b64encode(message.data).decode()
+    if typed is not None:
+        shown.update(typed.as_json())
     return shown
 
 
-def as_text(message: Received) -> str:
+def as_text(message: Received, typed: Typed | None = None) -> str:
     """One message for a person: a header line, one line per property, the payload."""
     lines = [f"{_iso(message.publish_time_ms)}  {message.message_id}  key={message.key or '-'}"]
     lines += [f"  {name}={value}" for name, value in sorted(message.properties.items())]
+    if typed is not None:
+        shown = typed.value if typed.error is None else f"not decoded: {typed.error}"
+        text = orjson.dumps(shown).decode() if typed.error is None else shown
+        lines.append(f"  [{typed.schema}] {text}")
+        return "\n".join(lines)
     try:
         lines.append(f"  {message.data.decode('utf-8')}")
     except UnicodeDecodeError:
@@ -95,7 +170,7 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     try:
         reader = await connection.reader(args.topic)
         try:
-            await _tail(reader, args)
+            await _tail(reader, args, TypedPayloads(registry_for(connection)))
         finally:
             await reader.close()
     finally:
@@ -103,21 +178,21 @@ async def run(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _tail(reader: TopicReader, args: argparse.Namespace) -> None:
+async def _tail(reader: TopicReader, args: argparse.Namespace, typed: TypedPayloads) -> None:
     new = FirstSight()
     last: deque[Received] = deque(maxlen=args.limit)
     while batch := await reader.read_available(READ_BATCH):
         last.extend(message for message in batch if new(message))
     for message in last:
-        _show(message, args.json)
+        _show(message, args.json, await typed.decode(message))
     while args.follow:
         arrived = await reader.read(FOLLOW_POLL_MS)
         if arrived is not None and new(arrived):
-            _show(arrived, args.json)
+            _show(arrived, args.json, await typed.decode(arrived))
 
 
-def _show(message: Received, as_json_lines: bool) -> None:
+def _show(message: Received, as_json_lines: bool, typed: Typed | None) -> None:
     if as_json_lines:
-        print(orjson.dumps(as_json(message)).decode(), flush=True)
+        print(orjson.dumps(as_json(message, typed)).decode(), flush=True)
     else:
-        print(as_text(message), flush=True)
+        print(as_text(message, typed), flush=True)
