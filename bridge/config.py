@@ -206,6 +206,25 @@ class SourceSettings(_Section):
     # were published before the bridge first started.
     initial_position: Literal["earliest", "latest"] = "earliest"
     receiver_queue_size: int = Field(default=1000, ge=1)
+    # Typed topics (bridge.schemas): "json" (schemaless JSON objects); "avro", "json-schema"
+    # or "protobuf" with schema_file (and message_type, a protobuf message's full name);
+    # "auto": each message's schema version, read from the broker's registry.
+    # (Named schema_kind in code: a field named schema would shadow BaseModel.schema.)
+    schema_kind: Literal["json", "avro", "json-schema", "protobuf", "auto"] = Field(
+        default="json", alias="schema"
+    )
+    message_type: str | None = None
+    schema_file: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("schema_file")
+    @classmethod
+    def _schema_file_reads(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from bridge.schema_config import source_schema_file  # fastavro, protobuf: when used
+
+        base_dir = (info.context or {}).get("base_dir")
+        kind = info.data.get("schema_kind", "json")
+        return source_schema_file(kind, value, info.data.get("message_type"), base_dir)
+
 
     @field_validator("topics")
     @classmethod
@@ -268,6 +287,27 @@ class BatchSettings(_Section):
 class ResultSettings(_Section):
     topic: TopicField
     passthrough: list[str] = []
+    # Typed results (bridge.result_schema): "none" (schemaless JSON), or "avro" or
+    # "json-schema" with a record schema derived from prediction_type (an Avro type) and
+    # the passthrough fields' types (from the source schema, or passthrough_types),
+    # registered on the topic.
+    schema_kind: Literal["none", "json-schema", "avro"] = Field(default="none", alias="schema")
+    prediction_type: str | dict[str, Any] | list[Any] | None = None
+    passthrough_types: dict[str, str | dict[str, Any] | list[Any]] = {}
+
+    @field_validator("prediction_type")
+    @classmethod
+    def _avro_prediction_type(cls, value: object) -> object:
+        from bridge.schema_config import avro_type
+
+        return None if value is None else avro_type(value)
+
+    @field_validator("passthrough_types")
+    @classmethod
+    def _avro_passthrough_types(cls, value: dict[str, object]) -> dict[str, object]:
+        from bridge.schema_config import avro_type
+
+        return {name: avro_type(declared) for name, declared in value.items()}
 
 
 class FailureSettings(_Section):
@@ -345,6 +385,23 @@ class RouteSettings(BaseModel):
     batch: BatchSettings = BatchSettings()
     result: ResultSettings
     failure: FailureSettings = FailureSettings()
+
+    @field_validator("result")
+    @classmethod
+    def _result_schema_derives(cls, value: ResultSettings, info: ValidationInfo) -> ResultSettings:
+        from bridge.schema_config import check_result
+
+        source = info.data.get("source")
+        if isinstance(source, SourceSettings):
+            check_result(
+                info.data.get("name", "route"),
+                source,
+                kind=value.schema_kind,
+                prediction_type=value.prediction_type,
+                passthrough=value.passthrough,
+                declared=value.passthrough_types,
+            )
+        return value
 
     @property
     def dead_letter_topic(self) -> str:

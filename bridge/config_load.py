@@ -368,7 +368,7 @@ def _known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str] |
     while get_origin(node) in (Annotated, Union, types.UnionType):
         node = _member(node, [])
     if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
+        return [field.alias or name for name, field in node.model_fields.items()]
     return None
 
 

@@ -64,6 +64,11 @@ class Received:
         return int(self.message.redelivery_count())
 
     @property
+    def schema_version(self) -> int:
+        """The version of the topic's schema the producer wrote with; -1 when none."""
+        return int(self.message.int_schema_version())
+
+    @property
     def publish_time_ms(self) -> int:
         """When the broker stored the message (milliseconds since the epoch)."""
         return int(self.message.publish_timestamp())
@@ -429,6 +434,21 @@ class _Confirmations:
             self._loop.call_soon_threadsafe(self._on_settled)
 
 
+class _DeclaredSchema(pulsar.schema.Schema):  # type: ignore[misc]
+    """A producer schema given as Pulsar's type name and definition text.
+
+    The client's own schema classes derive the definition from a Python class and
+    serialise it themselves; the bridge's result schemas are Avro definitions it derives,
+    registered with exactly this text.
+    """
+
+    def __init__(self, type_name: str, definition: str) -> None:
+        # Not the base __init__: it would serialise a definition object again.
+        self._record_cls = None
+        schema_type = getattr(_pulsar.SchemaType, type_name)
+        self._schema_info = _pulsar.SchemaInfo(schema_type, "", definition)
+
+
 class PulsarConnection:
     """One client per daemon, shared by all routes (the C++ client multiplexes)."""
 
@@ -462,12 +482,18 @@ class PulsarConnection:
             ) from exc
         return Source(consumer, description)
 
-    async def publisher(self, topic: str, *, max_pending: int = 10_000) -> Publisher:
-        """A producer on ``topic``; at most ``max_pending`` messages wait on the broker."""
+    async def publisher(
+        self, topic: str, *, max_pending: int = 10_000, schema: tuple[str, str] | None = None
+    ) -> Publisher:
+        """A producer on ``topic``; at most ``max_pending`` messages wait on the broker.
+        ``schema`` (Pulsar's type name and definition text) is declared by the producer,
+        so the broker registers it, or refuses it as incompatible, and every message
+        carries its version; the caller encodes the payloads."""
         try:
             partitions = await self._partitions(topic)
             producer = await self._client.create_producer(
                 topic,
+                schema=None if schema is None else _DeclaredSchema(*schema),
                 # Unbounded in the client: Publisher bounds what is pending and waits for
                 # room, so a send never fails for a full queue (it would fail silently).
                 max_pending_messages=0,
@@ -535,6 +561,22 @@ class PulsarConnection:
                 f"cannot look up {topic} at {self.settings.service_url}: {exc}"
                 f"{_hint(exc, self.settings)}"
             ) from exc
+
+    async def schema_of(self, topic: str, version: int | None = None) -> tuple[str, str] | None:
+        """The topic's schema (type name, definition) at ``version`` (None: the latest),
+        asked of the broker over the binary protocol; None when it has no such schema."""
+        raw = self._client._client
+        try:
+            info = await asyncio.to_thread(
+                raw.get_schema_info, topic, -1 if version is None else version
+            )
+        except _pulsar.TopicNotFound:
+            return None  # the broker's answer for a topic without that schema
+        except _pulsar.PulsarException as exc:
+            raise BrokerError(
+                f"looking up the schema of {topic} failed: {exc}{_hint(exc, self.settings)}"
+            ) from exc
+        return str(info.schema_type().name), str(info.schema())
 
     async def _partitions(self, topic: str) -> list[str]:
         """The topic's partitions (the topic itself when it is not partitioned)."""
