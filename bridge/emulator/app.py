@@ -21,6 +21,7 @@ tests and need no auth.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -42,7 +43,7 @@ from bridge.emulator.oauth import (
     databricks_config,
     token_endpoint,
 )
-from bridge.emulator.state import EmulatorState, EndpointCounters
+from bridge.emulator.state import EmulatorState, EndpointCounters, InvocationRecord
 
 # Drops the connection a request arrived on without answering; True if it did. The
 # server supplies it because only the server can reach the socket.
@@ -140,7 +141,8 @@ class _Plane:
 WORKSPACE, DATA_PLANE = _Plane(data_plane=False), _Plane(data_plane=True)
 
 
-def _parse_rows(state: EmulatorState, request: Request, raw: bytes) -> list[Row]:
+def _parse_rows(state: EmulatorState, request: Request, raw: bytes) -> tuple[list[Row], str | None]:
+    """The rows of the body and its ``client_request_id``, or the ApiError to answer."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/json":
         message = f"Content type must be 'application/json', got '{media_type}'."
@@ -155,7 +157,7 @@ def _parse_rows(state: EmulatorState, request: Request, raw: bytes) -> list[Row]
     if not isinstance(body, dict):
         body = {"<non-object body>": body}  # reported through the one-input-key message
     try:
-        return rows_from_body(body)
+        return rows_from_body(body), body.get("client_request_id")
     except ValueError as exc:
         raise ApiError(400, "BAD_REQUEST", str(exc)) from exc
 
@@ -189,15 +191,21 @@ async def _invoke(
         raise ApiError.from_rejection(decision.rejection)
     state.counters.invocation_admitted(state.faults.in_use(endpoint))
     try:
-        rows, predictions = await _answer_admitted(state, dropper, request, raw, arrived, decision)
+        rows, predictions, client_id = await _answer_admitted(
+            state, dropper, request, raw, arrived, decision
+        )
     finally:
         state.faults.release(endpoint)
     state.counters.rows_scored += len(rows)
     plane.counters(state, endpoint).rows_scored += len(rows)
+    # Databricks answers with the id it logs the request under (x-request-id).
+    request_id = str(uuid.uuid4())
+    traceparent = request.headers.get("traceparent")
+    state.invocation_log.append(InvocationRecord(request_id, client_id, traceparent, len(rows)))
     return Response(
         orjson.dumps({"predictions": predictions}),
         media_type="application/json",
-        headers={"served-model-name": served},
+        headers={"served-model-name": served, "x-request-id": request_id},
     )
 
 
@@ -208,8 +216,9 @@ async def _answer_admitted(
     raw: bytes,
     arrived: float,
     decision: Decision,
-) -> tuple[list[Row], list[object]]:
-    """The rows and their predictions of an invocation holding a slot, or its ApiError."""
+) -> tuple[list[Row], list[object], str | None]:
+    """The rows, their predictions and the body's ``client_request_id`` of an invocation
+    holding a slot, or its ApiError."""
     # The latency fault is the time to answer, as a model's would be: the emulator's own
     # work happens within it, so a 50 ms endpoint answers in 50 ms, not 50 ms plus
     # however long this process took to parse and score (which grows with concurrency).
@@ -222,11 +231,11 @@ async def _answer_admitted(
     try:
         if decision.rejection is not None:
             raise ApiError.from_rejection(decision.rejection)
-        rows = _parse_rows(state, request, raw)
+        rows, client_id = _parse_rows(state, request, raw)
         rejection = state.faults.check_schema(state.clock()) or state.faults.check_poison(rows)
         if rejection is not None:
             raise ApiError.from_rejection(rejection)
-        return rows, await _predict(state, rows)
+        return rows, await _predict(state, rows), client_id
     finally:
         await _sleep_until(answer_at)
 

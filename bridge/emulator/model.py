@@ -66,16 +66,19 @@ def score(row: Mapping[str, object]) -> float:
 def input_key(body: Mapping[str, object]) -> str:
     """The one input-format key of ``body``; ValueError unless it has exactly one.
 
-    Besides the input key only ``params`` is allowed: the emulator is stricter than
-    MLflow here so that a client sending stray keys is caught in tests.
+    Besides the input key only ``params`` and ``client_request_id`` (a string Databricks
+    records in inference tables) are allowed: the emulator is stricter than MLflow here so
+    that a client sending stray keys is caught in tests.
     """
     keys = [key for key in INPUT_KEYS if key in body]
-    extra = set(body) - set(INPUT_KEYS) - {"params"}
+    extra = set(body) - set(INPUT_KEYS) - {"params", "client_request_id"}
     if len(keys) != 1 or extra:
         raise ValueError(_INPUT_KEYS_MESSAGE % sorted(body))
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise ValueError("'params' must be a JSON object.")
+    if not isinstance(body.get("client_request_id", ""), str):
+        raise ValueError("'client_request_id' must be a string.")
     return keys[0]
 
 

@@ -12,7 +12,7 @@ import hmac
 import secrets
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,6 +182,18 @@ class FederationPolicy:
 
 
 @dataclass(frozen=True)
+class InvocationRecord:
+    """An answered invocation as an inference table logs it: the id the emulator gave it
+    (its ``x-request-id``), the caller's ``client_request_id``, the ``traceparent`` header
+    it arrived with, and how many rows it scored."""
+
+    request_id: str
+    client_request_id: str | None
+    traceparent: str | None
+    rows: int
+
+
+@dataclass(frozen=True)
 class AuthFailure:
     """Why a request's credentials were refused; ``error_code`` is int for a missing one."""
 
@@ -234,6 +246,8 @@ class EmulatorState:
     data_plane_url: str | None = None
     scoped_token_ttl_s: int | None = None
     route_optimized_workspace_path: bool = False
+    # The latest answered invocations, oldest first (bounded: the emulator runs for hours).
+    invocation_log: deque[InvocationRecord] = field(default_factory=lambda: deque(maxlen=10_000))
 
     def serves(self, endpoint: str) -> bool:
         """Whether endpoint ``endpoint`` exists."""
