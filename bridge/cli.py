@@ -172,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
     from bridge.client_log import NativeStdout
     from bridge.observe import configure_logging
     from bridge.pulsar_io import set_client_log_level
+    from bridge.tracing import install as install_tracing
 
     # The process's one redactor: the config's secrets register with it as they are
     # revealed, and every log line passes it.
@@ -182,7 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     observe = config.bridge.observe
     level = args.log_level or observe.log_level
     # Every line on stdout is a log line: the Pulsar client's own included (client_log).
-    with NativeStdout():
+    # Tracing ([observe.tracing], restart to change) flushes its last spans on the way out.
+    with NativeStdout(), install_tracing(observe.tracing):
         configure_logging(args.log_format or observe.log_format, level, redactor)
         set_client_log_level(level)
         try:

@@ -164,11 +164,24 @@ class WorkspaceSettings(_Section):
         return self
 
 
+class TracingSettings(_Section):
+    # OpenTelemetry spans (a batch, its requests, its results) sent over OTLP/HTTP; off, the
+    # bridge builds no span and reads no trace context (bridge.tracing).
+    enabled: bool = False
+    otlp_endpoint: Annotated[str, _http_url("observe.tracing.otlp_endpoint")] = (
+        "http://127.0.0.1:4318/v1/traces"
+    )
+    # Of the traces a batch starts; a batch of one event follows its event's sampling.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    service_name: str = Field(default="pulsar-bridge", min_length=1)
+
+
 class ObserveSettings(_Section):
     # Loopback by default: metrics and health are for the local scraper and supervisor.
     http_bind: Annotated[str, AfterValidator(_bind)] | None = "127.0.0.1:9464"
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tracing: TracingSettings = TracingSettings()
 
 
 class DaemonSettings(_Section):
@@ -263,6 +276,10 @@ class EndpointSettings(_Section):
     # Answers larger than this (after decompression) fail the request; error bodies are
     # cut well before it.
     max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Send a fresh client_request_id in each request body, which Databricks inference
+    # tables record, so their rows join to results. Off by default: not every scoring
+    # server accepts the extra field.
+    client_request_id: bool = False
 
     @model_validator(mode="after")
     def _name_or_url(self) -> EndpointSettings:

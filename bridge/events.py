@@ -8,7 +8,7 @@ bytes and properties the relay publishes, correlated to the source by
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -77,8 +77,11 @@ def result_message(
     route: str,
     passthrough: Sequence[str],
     served_model: str | None,
+    extra: Mapping[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """The result for one event: ``{"prediction": ..., <passthrough fields>}`` and properties."""
+    """The result for one event: ``{"prediction": ..., <passthrough fields>}`` and properties.
+
+    ``extra`` properties (request ids, trace context: bridge.correlation) are added."""
     body: dict[str, Any] = {"prediction": prediction}
     row = event.row
     for field in passthrough:
@@ -91,6 +94,8 @@ def result_message(
     }
     if served_model is not None:
         properties["served_model"] = served_model
+    if extra:
+        properties.update(extra)
     return orjson.dumps(body), properties
 
 

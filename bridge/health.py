@@ -295,6 +295,8 @@ def _route_status(route: RouteView) -> dict[str, object]:
         "retries": m.retries,
         "last_error": m.last_error,
         "served_model": m.served_model,
+        # Events per served model version and each one's share of the recent ones.
+        "served_models": m.served_models.status(),
     }
 
 

@@ -20,6 +20,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from bridge.redaction import REDACTED, Redactor, scrub
+from bridge.rollout import UNNAMED, VersionShares
 
 _SENSITIVE_KEYS = re.compile(r"(token|secret|password|authorization|credential)", re.I)
 _NOT_SENSITIVE = frozenset({"token_refreshes"})
@@ -210,6 +211,18 @@ class Metrics:
         self.token_refreshes = Counter(
             "bridge_token_refreshes", "OAuth tokens fetched", ["workspace"], registry=r
         )
+        self.token_failures = Counter(
+            "bridge_token_failures",
+            "Requests that got no token (identity provider refused, failed or unreachable)",
+            ["route"],
+            registry=r,
+        )
+        self.scored_events = Counter(
+            "bridge_scored_events",
+            "Events the endpoint answered, by the served model (version) that scored them",
+            ["route", "served_model"],
+            registry=r,
+        )
 
     def forget_route(self, route: str) -> None:
         """Drop every series labelled with ``route`` (a route removed by a reload)."""
@@ -259,6 +272,7 @@ class RouteMetrics:
         self.retries = 0
         self.last_error: str | None = None
         self.served_model: str | None = None
+        self.served_models = VersionShares()
 
     def consumed(self, n: int = 1) -> None:
         self.events_in += n
@@ -299,6 +313,14 @@ class RouteMetrics:
 
     def batch(self, size: int) -> None:
         self._batch.observe(size)
+
+    def scored(self, served_model: str | None, n: int) -> None:
+        """``n`` events were scored by ``served_model`` (one answer)."""
+        self.served_models.add(served_model, n)
+        self._metrics.scored_events.labels(self.route, served_model or UNNAMED).inc(n)
+
+    def token_failure(self) -> None:
+        self._metrics.token_failures.labels(self.route).inc()
 
     def summary(self) -> dict[str, int]:
         return {

@@ -35,6 +35,7 @@ import orjson
 import structlog
 
 from bridge.config import RouteSettings
+from bridge.correlation import Correlation
 from bridge.errors import EndpointError, ResultRejected, ShutdownRequested
 from bridge.events import Event, result_message
 from bridge.formats import build_body, predictions_of
@@ -72,9 +73,14 @@ class BatchProcessor:
         metrics: RouteMetrics,
         stopping: asyncio.Event | None = None,
         redactor: Redactor | None = None,
+        correlation: Correlation | None = None,
     ) -> None:
         self._route = route
         self._redactor = redactor
+        # Trace context and request ids across the hop (bridge.correlation).
+        self._correlation = correlation or Correlation.for_route(
+            route, metrics=metrics, redactor=redactor
+        )
         self._results = results
         self._settler = settler
         self._serving = serving
@@ -91,7 +97,8 @@ class BatchProcessor:
     async def process(self, batch: Sequence[Event]) -> None:
         """Settle every event of ``batch``; on a stop or cancellation, nack what is left."""
         try:
-            await self._settle_batch(list(batch))
+            with self._correlation.batch(batch):
+                await self._settle_batch(list(batch))
         except ShutdownRequested:
             self._settler.nack(batch)
         except BaseException:
@@ -276,7 +283,7 @@ class BatchProcessor:
             slot = await unless_stopping(self._limiter.acquire(size), self._stopping)
             self._metrics.queued(time.monotonic() - queued)
             try:
-                invocation = await self._serving.invoke(body)
+                invocation = await self._correlation.invoke(self._serving, body)
             except EndpointError as exc:
                 self._metrics.request(exc.status)
                 if classify(exc) is Failure.OVERLOAD:
@@ -313,9 +320,11 @@ class BatchProcessor:
                 self._redactor.redact(served_model) if self._redactor else scrub(served_model)
             )
         self._note_served_model(served_model)
+        self._metrics.scored(served_model, len(events))
         pending: list[tuple[Event, OutgoingMessage]] = []
         rejected: list[Rejection] = []
-        for event, prediction in zip(events, predictions, strict=True):
+        extras = self._correlation.result_properties(events, invocation)
+        for event, prediction, extra in zip(events, predictions, extras, strict=True):
             try:
                 data, properties = result_message(
                     event,
@@ -323,6 +332,7 @@ class BatchProcessor:
                     route=route.name,
                     passthrough=route.result.passthrough,
                     served_model=served_model,
+                    extra=extra,
                 )
             except TypeError as exc:  # orjson.JSONEncodeError included
                 rejected.append((event, f"result cannot be encoded: {exc}"))

@@ -19,7 +19,7 @@ import asyncio
 import email.utils
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +41,14 @@ _HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "gzip, deflat
 
 @dataclass(frozen=True)
 class Invocation:
-    """A successful call: the parsed body and which model answered."""
+    """A successful call: the parsed body, which model answered, and which request it was
+    (the endpoint's ``x-request-id``; ``client_request_id`` is set by bridge.correlation)."""
 
     body: Any
     served_model: str | None
     elapsed_s: float
+    request_id: str | None = None
+    client_request_id: str | None = None
 
 
 class ServingClient:
@@ -80,13 +83,15 @@ class ServingClient:
         self._max_response_bytes = max_response_bytes
         self._where = f"POST {httpx.URL(url).path}"
 
-    async def invoke(self, body: bytes) -> Invocation:
-        """Send one request body; raise EndpointError for anything but a usable 200."""
+    async def invoke(self, body: bytes, headers: Mapping[str, str] | None = None) -> Invocation:
+        """Send one request body; raise EndpointError for anything but a usable 200.
+
+        ``headers`` are added to the request (trace context, from bridge.correlation)."""
         started = time.monotonic()
         progress = _Progress()
         try:
             async with asyncio.timeout(self._deadline_s):
-                response, content = await self._exchange(body, progress)
+                response, content = await self._exchange(body, progress, headers)
         except TimeoutError as exc:
             raise EndpointError(
                 f"timed out after {self._deadline_s:g} s (deadline for the whole request), "
@@ -132,17 +137,18 @@ class ServingClient:
             raise EndpointError(message, status=200, retriable=True) from exc
         except UnwritableJson as exc:
             raise ResponseShapeError(f"200 with a body {exc}, too deep to publish") from exc
-        return Invocation(parsed, response.headers.get("served-model-name"), elapsed)
+        served, request_id = _answer_ids(response)
+        return Invocation(parsed, served, elapsed, request_id)
 
     async def _exchange(
-        self, body: bytes, progress: _Progress
+        self, body: bytes, progress: _Progress, headers: Mapping[str, str] | None = None
     ) -> tuple[httpx.Response, bytes | bytearray]:
         """The 200 response and its body, or the EndpointError it amounts to."""
         async with self._http.stream(
             "POST",
             self.url,
             content=body,
-            headers=_HEADERS,
+            headers=_HEADERS if headers is None else {**_HEADERS, **headers},
             auth=self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT,
             timeout=self._timeout,
         ) as response:
@@ -287,6 +293,13 @@ def _announced_length(response: httpx.Response) -> int | None:
         return int(response.headers["Content-Length"])
     except (KeyError, ValueError):
         return None
+
+
+def _answer_ids(response: httpx.Response) -> tuple[str | None, str | None]:
+    """The model that answered (``served-model-name``) and the request's id as the endpoint
+    logged it (``x-request-id``, Databricks' and most proxies' header)."""
+    headers = response.headers
+    return headers.get("served-model-name"), headers.get("x-request-id")
 
 
 def error_message(response: httpx.Response) -> str:

@@ -249,6 +249,8 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
     fraud.metrics.retry()
     fraud.metrics.last_error = "HTTP 503: busy"
     fraud.metrics.served_model = "fraud-model-3"
+    fraud.metrics.scored("fraud-model-2", 1)
+    fraud.metrics.scored("fraud-model-3", 3)
     idle = daemon.add_route("idle", state="paused")
     idle.pause = Pause("storm", "every event rejected")
     daemon.lag_s = 0.25
@@ -271,6 +273,10 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
                 "retries": 1,
                 "last_error": "HTTP 503: busy",
                 "served_model": "fraud-model-3",
+                "served_models": {
+                    "fraud-model-2": {"events": 1, "recent_share": 0.25},
+                    "fraud-model-3": {"events": 3, "recent_share": 0.75},
+                },
             },
             "idle": {
                 "state": "paused",
@@ -284,6 +290,7 @@ async def test_status_reports_every_route(daemon: FakeDaemon, client: httpx.Asyn
                 "retries": 0,
                 "last_error": None,
                 "served_model": None,
+                "served_models": {},
             },
         },
     }
