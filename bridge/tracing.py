@@ -51,6 +51,8 @@ SERVED_MODEL_ATTRIBUTE = "databricks.served_model"
 ROUTE_ATTRIBUTE = "bridge.route"
 SOURCE_MESSAGE_ATTRIBUTE = "bridge.source_message_id"
 
+# Header values recorded on spans are cut here (a peer may send anything).
+_HEADER_LIMIT = 256
 # Stateless: one for the process.
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -212,18 +214,19 @@ class RouteTracing:
                 span.set_status(Status(StatusCode.ERROR, self._redact(exc.reason)))
                 raise
 
-    @staticmethod
-    def answered(span: Span, request_id: str | None, served_model: str | None) -> None:
-        """What a 200 said about itself, on its request's span."""
+    def answered(self, span: Span, request_id: str | None, served_model: str | None) -> None:
+        """What a 200 said about itself, on its request's span (headers the endpoint chose:
+        redacted and bounded before they leave the process)."""
         span.set_attribute("http.response.status_code", 200)
         if request_id is not None:
-            span.set_attribute(REQUEST_ID_ATTRIBUTE, [request_id])
+            span.set_attribute(REQUEST_ID_ATTRIBUTE, [self._redact(request_id[:_HEADER_LIMIT])])
         if served_model is not None:
-            span.set_attribute(SERVED_MODEL_ATTRIBUTE, served_model)
+            span.set_attribute(SERVED_MODEL_ATTRIBUTE, self._redact(served_model[:_HEADER_LIMIT]))
 
     def result(self, event: Event) -> dict[str, str]:
         """The trace properties of ``event``'s result: a ``create`` span's context, in the
-        event's trace (or the current batch's), linking the batch."""
+        event's trace (or the current batch's), linking the batch. Called inside the
+        ``with`` block of the event's :meth:`batch`."""
         batch = trace.get_current_span()
         parent_context = self._contexts.get(id(event))
         parent = (
