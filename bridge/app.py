@@ -29,6 +29,7 @@ import httpx
 import structlog
 
 from bridge.config import Config, RouteSettings, load_config
+from bridge.effectively_once import verify_deduplication
 from bridge.errors import AuthError, BridgeError, ConfigError
 from bridge.health import (
     DEFAULT_LAG_THRESHOLD_S,
@@ -314,6 +315,11 @@ class Bridge:
                 auth=workspace.httpx_auth,
                 redactor=self._redactor,
             )
+        admin_url = self.config.bridge.pulsar.admin_url
+        if settings.effectively_once and admin_url is not None:
+            # Without deduplication the "effectively-once" route would be at-least-once
+            # while claiming otherwise: refuse to start it.
+            await verify_deduplication(self._http, admin_url, settings.result.topic)
         target = await resolve_endpoint(self.config, settings, self._http, workspace)
         serving = ServingClient(
             target.url,

@@ -238,7 +238,6 @@ class SourceSettings(_Section):
         kind = info.data.get("schema_kind", "json")
         return source_schema_file(kind, value, info.data.get("message_type"), base_dir)
 
-
     @field_validator("topics")
     @classmethod
     def _persistent_unless_allowed(cls, value: list[str], info: ValidationInfo) -> list[str]:
@@ -304,6 +303,10 @@ class BatchSettings(_Section):
 class ResultSettings(_Section):
     topic: TopicField
     passthrough: list[str] = []
+    # "effectively-once": Apache Pulsar's deduplication drops results stored before (a
+    # crash, a restart, a redelivery); needs one owner per source partition (failover or
+    # exclusive), pulsar.admin_url and deduplication enabled for the result topic.
+    delivery: Literal["at-least-once", "effectively-once"] = "at-least-once"
     # Typed results (bridge.result_schema): "none" (schemaless JSON), or "avro" or
     # "json-schema" with a record schema derived from prediction_type (an Avro type) and
     # the passthrough fields' types (from the source schema, or passthrough_types),
@@ -403,6 +406,19 @@ class RouteSettings(BaseModel):
     result: ResultSettings
     failure: FailureSettings = FailureSettings()
 
+    @model_validator(mode="after")
+    def _one_owner_per_partition(self) -> RouteSettings:
+        if self.result.delivery == "effectively-once" and self.source.subscription_type not in (
+            "failover",
+            "exclusive",
+        ):
+            raise ValueError(
+                "result.delivery = 'effectively-once' needs source.subscription_type "
+                "'failover' or 'exclusive': one owner per source partition publishes its "
+                f"results in source order (got {self.source.subscription_type!r})"
+            )
+        return self
+
     @field_validator("result")
     @classmethod
     def _result_schema_derives(cls, value: ResultSettings, info: ValidationInfo) -> ResultSettings:
@@ -419,6 +435,10 @@ class RouteSettings(BaseModel):
                 declared=value.passthrough_types,
             )
         return value
+
+    @property
+    def effectively_once(self) -> bool:
+        return self.result.delivery == "effectively-once"
 
     @property
     def dead_letter_topic(self) -> str:

@@ -130,6 +130,17 @@ def read_directory(
                 data, env, bridge_file, warnings, databricks=everything
             )
         )
+    if bridge is not None and bridge.pulsar.admin_url is None:
+        problems.extend(
+            ConfigProblem(
+                route.file,
+                "result.delivery",
+                "'effectively-once' needs pulsar.admin_url (Apache Pulsar's admin API, to "
+                "verify deduplication at start); pulsar-lite has no deduplication",
+            )
+            for route in routes
+            if route.effectively_once
+        )
     # Grouped by file, bridge.toml first; each file's problems stay in the order found.
     problems.sort(key=lambda p: (p.file != str(bridge_file), p.file))
     if problems or bridge is None:

@@ -186,6 +186,12 @@ class Metrics:
         self.route_pauses = Counter(
             "bridge_route_pauses", "Times the route paused, by why", ["route", "kind"], registry=r
         )
+        self.already_stored = Counter(
+            "bridge_already_stored",
+            "Effectively-once: redelivered events acked because their result was stored",
+            ["route"],
+            registry=r,
+        )
         self.request_queue_seconds = Histogram(
             "bridge_request_queue_seconds",
             "Time a request waited for the endpoint's limits (slots, Retry-After, rates)",
@@ -299,6 +305,10 @@ class RouteMetrics:
         self._metrics.requests.labels(self.route, str(status or "error")).inc()
         if latency_s is not None:
             self._latency.observe(latency_s)
+
+    def already_stored(self, n: int = 1) -> None:
+        """Effectively-once: a redelivered event whose result the broker already has."""
+        self._metrics.already_stored.labels(self.route).inc(n)
 
     def queued(self, seconds: float) -> None:
         self._queue.observe(seconds)

@@ -36,6 +36,7 @@ import structlog
 
 from bridge.config import RouteSettings
 from bridge.correlation import Correlation
+from bridge.effectively_once import EffectivelyOnce
 from bridge.errors import EndpointError, ResultRejected, ShutdownRequested
 from bridge.events import Event, result_message
 from bridge.formats import build_body, predictions_of
@@ -44,7 +45,9 @@ from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
 from bridge.pulsar_io import OutgoingMessage, Publisher
 from bridge.redaction import Redactor, scrub
+from bridge.result_schema import ResultDoesNotFit
 from bridge.retry import Failure, RetryPolicy, classify
+from bridge.route_schemas import ResultMessage
 from bridge.serving import Invocation, ServingClient
 from bridge.settle import Settler
 from bridge.stopping import sleep_unless_stopping, unless_stopping
@@ -73,14 +76,20 @@ class BatchProcessor:
         metrics: RouteMetrics,
         stopping: asyncio.Event | None = None,
         redactor: Redactor | None = None,
+        effectively_once: EffectivelyOnce | None = None,
         correlation: Correlation | None = None,
+        result_message: ResultMessage = result_message,
     ) -> None:
         self._route = route
-        self._redactor = redactor
+        # How a result message is built: JSON, or the result topic's schema (route_schemas).
+        self._result_message = result_message
+        # Effectively-once routes publish through the reorder buffer, with sequence ids.
+        self._eo = effectively_once
         # Trace context and request ids across the hop (bridge.correlation).
         self._correlation = correlation or Correlation.for_route(
             route, metrics=metrics, redactor=redactor
         )
+        self._redactor = redactor
         self._results = results
         self._settler = settler
         self._serving = serving
@@ -326,7 +335,7 @@ class BatchProcessor:
         extras = self._correlation.result_properties(events, invocation)
         for event, prediction, extra in zip(events, predictions, extras, strict=True):
             try:
-                data, properties = result_message(
+                data, properties = self._result_message(
                     event,
                     prediction,
                     route=route.name,
@@ -334,7 +343,7 @@ class BatchProcessor:
                     served_model=served_model,
                     extra=extra,
                 )
-            except TypeError as exc:  # orjson.JSONEncodeError included
+            except (TypeError, ResultDoesNotFit) as exc:  # orjson.JSONEncodeError included
                 rejected.append((event, f"result cannot be encoded: {exc}"))
                 continue
             pending.append((event, (data, properties, event.received.key)))
@@ -387,7 +396,10 @@ class BatchProcessor:
     ) -> list[tuple[Event, OutgoingMessage]]:
         """Publish; ack what the broker stored, dead-letter what it can never take, and
         return the rest."""
-        outcomes = await self._results.publish_all([message for _, message in pending])
+        if self._eo is not None:
+            outcomes = await self._eo.publish_all([(e.received, m) for e, m in pending])
+        else:
+            outcomes = await self._results.publish_all([message for _, message in pending])
         published, unconfirmed = [], []
         rejected: list[tuple[Event, ResultRejected]] = []
         for (event, message), error in zip(pending, outcomes, strict=True):

@@ -303,6 +303,12 @@ class Publisher:
         self._room = asyncio.Event()
 
     @property
+    def last_sequence_id(self) -> int:
+        """The highest sequence id the broker confirmed for this producer's name (-1: none);
+        with deduplication on, known from the broker as soon as the producer is created."""
+        return int(self._producer._producer.last_sequence_id())
+
+    @property
     def confirms_each_message(self) -> bool:
         """Whether each message is confirmed on its own (partitioned topics)."""
         return self._confirm_each
@@ -314,13 +320,16 @@ class Publisher:
         if error is not None:
             raise error
 
-    async def publish_all(self, messages: Sequence[OutgoingMessage]) -> list[BrokerError | None]:
-        """Publish in order; one outcome per message (None when the broker stored it)."""
+    async def publish_all(
+        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
+    ) -> list[BrokerError | None]:
+        """Publish in order; one outcome per message (None when the broker stored it).
+        ``sequence_ids``, when given, are set on the messages (broker deduplication)."""
         outcomes: list[BrokerError | None] = [None] * len(messages)
         for start in range(0, len(messages), self._max_pending):
             chunk = messages[start : start + self._max_pending]
             await self._reserve(len(chunk))
-            await self._send(chunk, outcomes, start)
+            await self._send(chunk, outcomes, start, sequence_ids)
         return outcomes
 
     async def _reserve(self, count: int) -> None:
@@ -338,6 +347,7 @@ class Publisher:
         chunk: Sequence[OutgoingMessage],
         outcomes: list[BrokerError | None],
         start: int,
+        sequence_ids: Sequence[int] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         settled: asyncio.Future[None] = loop.create_future()
@@ -351,6 +361,8 @@ class Publisher:
             builder.properties(properties)  # one call into the extension, not one per key
             if key:
                 builder.partition_key(key)
+            if sequence_ids is not None:
+                builder.sequence_id(sequence_ids[index])
             confirm_each = self._confirm_each or len(data) > CONFIRM_EACH_ABOVE_BYTES
             callback = confirmations.expect(index) if confirm_each else None
             try:
@@ -483,16 +495,24 @@ class PulsarConnection:
         return Source(consumer, description)
 
     async def publisher(
-        self, topic: str, *, max_pending: int = 10_000, schema: tuple[str, str] | None = None
+        self,
+        topic: str,
+        *,
+        max_pending: int = 10_000,
+        producer_name: str | None = None,
+        schema: tuple[str, str] | None = None,
     ) -> Publisher:
         """A producer on ``topic``; at most ``max_pending`` messages wait on the broker.
+        A ``producer_name`` is what broker deduplication keys on (effectively-once).
         ``schema`` (Pulsar's type name and definition text) is declared by the producer,
         so the broker registers it, or refuses it as incompatible, and every message
         carries its version; the caller encodes the payloads."""
         try:
             partitions = await self._partitions(topic)
+            named = {} if producer_name is None else {"producer_name": producer_name}
             producer = await self._client.create_producer(
                 topic,
+                **named,
                 schema=None if schema is None else _DeclaredSchema(*schema),
                 # Unbounded in the client: Publisher bounds what is pending and waits for
                 # room, so a send never fails for a full queue (it would fail silently).

@@ -22,14 +22,16 @@ import structlog
 
 from bridge.batching import Lanes
 from bridge.config import RouteSettings
+from bridge.effectively_once import EffectivelyOnce, OutOfRange
 from bridge.errors import BrokerError, ShutdownRequested
-from bridge.events import BadEvent, Event, decode
+from bridge.events import BadEvent, Event
 from bridge.gate import ROUTE, Pause, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import ORDERED_SUBSCRIPTIONS, BatchProcessor
 from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
 from bridge.redaction import Redactor
+from bridge.route_schemas import RouteSchemas, SchemaUnavailable
 from bridge.serving import ServingClient
 from bridge.settle import Settler
 from bridge.stopping import unless_stopping
@@ -85,6 +87,8 @@ class Route:
         )
         self._redactor = redactor
         self._settler: Settler | None = None
+        self._schemas = RouteSchemas()  # typed topics (bridge.route_schemas); JSON until open
+        self._eo: EffectivelyOnce | None = None
         self._source: Source | None = None
         self._publishers: list[Publisher] = []
         self._processor: BatchProcessor | None = None
@@ -126,12 +130,40 @@ class Route:
         """Create producers first, then subscribe: nothing is consumed that cannot be settled."""
         s = self.settings
         max_pending = max(1000, self.max_batches * s.batch.max_events)
-        results = await pulsar.publisher(s.result.topic, max_pending=max_pending)
+        self._schemas = await RouteSchemas.open(s, pulsar)
+        result_schema = self._schemas.result_schema
+        results = await pulsar.publisher(
+            s.result.topic, max_pending=max_pending, schema=result_schema
+        )
         self._publishers.append(results)
+        if s.effectively_once:
+            if results.confirms_each_message:
+                raise BrokerError(
+                    f"result.delivery = 'effectively-once' needs a non-partitioned result "
+                    f"topic ({s.result.topic} is partitioned)"
+                )
+
+            async def open_line(name: str) -> Publisher:
+                publisher = await pulsar.publisher(
+                    s.result.topic,
+                    max_pending=max_pending,
+                    producer_name=name,
+                    schema=result_schema,
+                )
+                return publisher  # closed by the EffectivelyOnce lines
+
+            self._eo = EffectivelyOnce(self.name, s.source.subscription, open_line)
         dead_letters = await pulsar.publisher(s.dead_letter_topic)
         self._publishers.append(dead_letters)
         self._source = await pulsar.subscribe(s.source, nack_delay_ms=s.failure.nack_delay_ms)
-        self._settler = Settler(self.name, self._source, dead_letters, self.metrics, self._redactor)
+        self._settler = Settler(
+            self.name,
+            self._source,
+            dead_letters,
+            self.metrics,
+            self._redactor,
+            on_end=None if self._eo is None else self._eo_ended,
+        )
         self._processor = BatchProcessor(
             s,
             results=results,
@@ -143,6 +175,8 @@ class Route:
             metrics=self.metrics,
             stopping=self._stopping,
             redactor=self._redactor,
+            effectively_once=self._eo,
+            result_message=self._schemas.result_message,
         )
         self.subscribed = True
         log.info("route_subscribed", route=self.name, source=self._source.description)
@@ -186,12 +220,7 @@ class Route:
                 )
                 if receiving in done:
                     received, receiving = receiving.result(), None
-                    # Whatever else has already arrived is taken in the same turn.
-                    messages = [received, *source.receive_ready(intake_burst)]
-                    self.metrics.consumed(len(messages))  # once per turn, not per event
-                    for message in messages:
-                        for lane, batch in self._intake(message, lanes):
-                            await self._dispatch(lane, batch)
+                    await self._take(received, source, lanes, intake_burst)
                 for lane, batch in lanes.due():
                     await self._dispatch(lane, batch)
             # Stopping: the open batches never reached the endpoint; Pulsar redelivers them.
@@ -201,6 +230,42 @@ class Route:
             stop_wait.cancel()
             if receiving is not None:
                 await self._abandon(receiving)
+
+    async def _take(
+        self, received: Received, source: Source, lanes: Lanes[Event], burst: int
+    ) -> None:
+        """Take ``received`` and whatever else has already arrived, in the same turn."""
+        messages = [received, *source.receive_ready(burst)]
+        if self._eo is not None:
+            messages = await self._admit(messages)
+        self.metrics.consumed(len(messages))  # once per turn, not per event
+        await self._schemas.prepare(messages)  # writer schemas of versions new to the route
+        for message in messages:
+            for lane, batch in self._intake(message, lanes):
+                await self._dispatch(lane, batch)
+
+    async def _admit(self, messages: list[Received]) -> list[Received]:
+        """Effectively-once: what already has its result is acked, a second delivery of
+        what is in progress dropped; the rest is registered in source order."""
+        assert self._eo is not None
+        source = self._opened()[0]
+        fresh = []
+        for message in messages:
+            try:
+                verdict = await self._eo.admit(message)
+            except OutOfRange as exc:
+                self._spawn(self._reject(message, str(exc)))
+                continue
+            if verdict == "new":
+                fresh.append(message)
+            elif verdict == "stored":
+                source.ack(message)
+                self.metrics.already_stored()
+        return fresh
+
+    def _eo_ended(self, received: Received, nacked: bool) -> None:
+        assert self._eo is not None
+        self._eo.ended(received, nacked=nacked)
 
     async def _may_take_events(self) -> bool:
         """While paused: wait for a change; True when intake may take one probe batch."""
@@ -224,7 +289,11 @@ class Route:
 
     def _intake(self, received: Received, lanes: Lanes[Event]) -> list[tuple[int, list[Event]]]:
         try:
-            event = decode(received)
+            event = self._schemas.decode(received)
+        except SchemaUnavailable:
+            # Its writer schema cannot be looked up now: nobody's fault, so handed back.
+            self._processor_nack([Event(received, {})])
+            return []
         except BadEvent as exc:
             self._spawn(self._reject(received, str(exc)))
             return []
@@ -298,6 +367,8 @@ class Route:
 
     async def close(self) -> None:
         """Flush and close producers, then the consumer (which releases anything unacked)."""
+        if self._eo is not None:
+            await self._eo.close()
         for publisher in self._publishers:
             with contextlib.suppress(BrokerError):
                 await publisher.close()

@@ -14,7 +14,7 @@ second ending a no-op, so a batch cancelled mid-way can nack "whatever is left".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import structlog
@@ -47,9 +47,13 @@ class Settler:
         dead_letters: DeadLetterSink,
         metrics: RouteMetrics,
         redactor: Redactor | None = None,
+        on_end: Callable[[Received, bool], None] | None = None,
     ) -> None:
         self._route = route
         self._redactor = redactor
+        # Told when an event ended without a result: dead-lettered (False, once the
+        # dead-letter topic confirmed it) or nacked (True). Effectively-once lines use it.
+        self._on_end = on_end
         self._source = source
         self._dead_letters = dead_letters
         self._metrics = metrics
@@ -70,6 +74,8 @@ class Settler:
                 continue
             event.settled = True
             self._source.nack(event.received)
+            if self._on_end is not None:
+                self._on_end(event.received, True)
             count += 1
         if count:
             self._metrics.nack(count)
@@ -101,6 +107,10 @@ class Settler:
             log.error("dead_letter_failed", route=self._route, reason=str(exc))
             self._source.nack(received)
             self._metrics.nack(1)
+            if self._on_end is not None:
+                self._on_end(received, True)
             return
         self._metrics.dead_letter()
+        if self._on_end is not None:
+            self._on_end(received, False)
         self._source.ack(received)

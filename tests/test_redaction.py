@@ -32,6 +32,7 @@ import structlog
 from bridge.auth import BearerAuth, OAuthTokenSource, TokenCache
 from bridge.errors import AuthError, EndpointError, SecretError
 from bridge.events import dead_letter_message
+from bridge.gate import Pause
 from bridge.health import EndpointReadiness, EndpointStateProbe, HealthServer
 from bridge.observe import Metrics, RouteMetrics, log_pipeline
 from bridge.pulsar_io import Received
@@ -308,6 +309,7 @@ class FakeRoute:
     state: str = "running"
     in_flight: int = 0
     subscribed: bool = True
+    pause: Pause | None = None
 
 
 @dataclass
@@ -317,6 +319,9 @@ class FakeDaemon:
 
     def broker_connected(self) -> bool:
         return True
+
+    def failed_routes(self) -> dict[str, str]:
+        return {}
 
     def loop_lag_s(self) -> float:
         return 0.0

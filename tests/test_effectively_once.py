@@ -1,0 +1,203 @@
+"""Effectively-once lines: sequence ids from source positions, and the reorder buffer's
+rules (admission, source order, dead letters, halting), with a scripted producer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import cast
+
+import pytest
+
+from bridge.effectively_once import (
+    EffectivelyOnce,
+    OutOfRange,
+    PartitionLine,
+    SequencedPublisher,
+    sequence_id,
+)
+from bridge.errors import BrokerError
+from bridge.pulsar_io import OutgoingMessage, Position, Received
+
+
+def test_sequence_ids_increase_with_the_source_position() -> None:
+    positions = [
+        Position(0, 7, 0, -1),
+        Position(0, 7, 1, 0),
+        Position(0, 7, 1, 1),  # batched messages of one entry keep their own ids
+        Position(0, 7, 1, 999),
+        Position(0, 7, 2, -1),
+        Position(0, 8, 0, -1),
+        Position(0, (1 << 31) - 1, (1 << 22) - 1, 1023),
+    ]
+    ids = [sequence_id(p) for p in positions]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert ids[-1] < 1 << 63
+
+
+@pytest.mark.parametrize(
+    "position",
+    [Position(0, 1 << 31, 0, -1), Position(0, 1, 1 << 22, -1), Position(0, 1, 1, 1024)],
+)
+def test_a_position_beyond_the_range_is_refused(position: Position) -> None:
+    with pytest.raises(OutOfRange, match="exceeds the effectively-once sequence range"):
+        sequence_id(position)
+
+
+class FakeReceived:
+    def __init__(self, entry: int, topic: str = "persistent://public/default/in") -> None:
+        self.topic = topic
+        self.position = Position(0, 5, entry, -1)
+        self.message_id = f"(5,{entry},-1,-1)"
+
+
+class ScriptedProducer:
+    """Records what is sent; a send completes when the test releases it."""
+
+    def __init__(self, last: int = -1) -> None:
+        self.last_sequence_id = last
+        self.sent: list[list[int]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_next = False
+
+    async def publish_all(
+        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
+    ) -> list[BrokerError | None]:
+        assert sequence_ids is not None
+        self.sent.append(list(sequence_ids))
+        await self.release.wait()
+        if self.fail_next:
+            self.fail_next = False
+            return [BrokerError("timed out")] * len(messages)
+        self.last_sequence_id = max(self.last_sequence_id, *sequence_ids)
+        return [None] * len(messages)
+
+
+def msg(n: int) -> OutgoingMessage:
+    return (b'{"prediction": %d}' % n, {}, None)
+
+
+def seq(entry: int) -> int:
+    return sequence_id(Position(0, 5, entry, -1))
+
+
+def line_with(producer: ScriptedProducer, entries: range) -> PartitionLine:
+    line = PartitionLine(cast(SequencedPublisher, producer))
+    for entry in entries:
+        assert line.admit(seq(entry), cast(Received, FakeReceived(entry))) == "new"
+    return line
+
+
+async def test_results_leave_in_source_order_whatever_order_they_are_ready_in() -> None:
+    producer = ScriptedProducer()
+    line = line_with(producer, range(4))
+    later = [line.result(seq(3), msg(3)), line.result(seq(2), msg(2))]
+    await asyncio.sleep(0)
+    assert producer.sent == [], "2 and 3 wait for 0 and 1"
+    first = [line.result(seq(0), msg(0)), line.result(seq(1), msg(1))]
+    assert await asyncio.gather(*first, *later) == [None] * 4
+    flat = [s for call in producer.sent for s in call]
+    assert flat == [seq(0), seq(1), seq(2), seq(3)]
+
+
+async def test_what_the_broker_already_stored_is_acked_and_a_second_delivery_dropped() -> None:
+    producer = ScriptedProducer(last=seq(10))
+    line = PartitionLine(cast(SequencedPublisher, producer))
+    assert line.admit(seq(9), cast(Received, FakeReceived(9))) == "stored"
+    assert line.admit(seq(10), cast(Received, FakeReceived(10))) == "stored"
+    assert line.admit(seq(11), cast(Received, FakeReceived(11))) == "new"
+    assert line.admit(seq(11), cast(Received, FakeReceived(11))) == "duplicate"
+
+
+async def test_a_dead_letter_frees_its_place_only_once_confirmed() -> None:
+    producer = ScriptedProducer()
+    line = line_with(producer, range(3))
+    done = [line.result(seq(1), msg(1)), line.result(seq(2), msg(2))]
+    await asyncio.sleep(0)
+    assert producer.sent == [], "0 is on its way to the dead-letter topic"
+    line.ended(seq(0), nacked=False)
+    assert await asyncio.gather(*done) == [None, None]
+    assert [s for call in producer.sent for s in call] == [seq(1), seq(2)]
+
+
+async def test_a_nack_halts_the_line_so_nothing_later_is_stored_before_it() -> None:
+    producer = ScriptedProducer()
+    line = line_with(producer, range(3))
+    later = line.result(seq(2), msg(2))
+    line.ended(seq(1), nacked=True)  # a stop hands 1 back
+    zero = line.result(seq(0), msg(0))
+    assert await zero is None, "below the halt: still sent"
+    outcome = await later
+    assert isinstance(outcome, BrokerError)
+    assert [s for call in producer.sent for s in call] == [seq(0)]
+    assert isinstance(await line.result(seq(2), msg(2)), BrokerError), "stays halted"
+
+
+async def test_a_failed_send_is_sent_again_with_the_same_ids_when_handed_in_again() -> None:
+    producer = ScriptedProducer()
+    producer.fail_next = True
+    line = line_with(producer, range(2))
+    first = await asyncio.gather(line.result(seq(0), msg(0)), line.result(seq(1), msg(1)))
+    assert all(isinstance(o, BrokerError) for o in first)
+    again = await asyncio.gather(line.result(seq(0), msg(0)), line.result(seq(1), msg(1)))
+    assert list(again) == [None, None]
+    assert producer.sent == [[seq(0), seq(1)], [seq(0), seq(1)]]
+
+
+async def test_one_line_and_one_stable_producer_name_per_source_partition() -> None:
+    names: list[str] = []
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        names.append(name)
+        return cast(SequencedPublisher, ScriptedProducer())
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    a = "persistent://public/default/in-partition-0"
+    b = "persistent://public/default/in-partition-1"
+    results = await asyncio.gather(
+        *(eo.admit(cast(Received, FakeReceived(i, topic))) for i, topic in enumerate([a, a, b]))
+    )
+    assert results == ["new", "new", "new"]
+    assert names == [eo.producer_name(a), eo.producer_name(b)]
+    assert eo.producer_name(a) == EffectivelyOnce("fraud", "sub", open_producer).producer_name(a)
+    assert eo.producer_name(a) != eo.producer_name(b)
+
+
+async def test_a_busy_name_is_retried_until_the_previous_owner_lets_go() -> None:
+    attempts: list[str] = []
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        attempts.append(name)
+        if len(attempts) < 3:
+            raise BrokerError("cannot create a producer: ProducerBusy: already connected")
+        return cast(SequencedPublisher, ScriptedProducer())
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    assert await eo.admit(cast(Received, FakeReceived(1))) == "new"
+    assert len(attempts) == 3
+
+
+async def test_an_idle_line_lets_go_of_its_producer_and_reopens_on_demand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bridge.effectively_once.IDLE_CLOSE_S", 0.01)
+    closed = asyncio.Event()
+    opened: list[str] = []
+
+    class ClosingProducer(ScriptedProducer):
+        async def close(self) -> None:
+            closed.set()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        opened.append(name)
+        return cast(SequencedPublisher, ClosingProducer())
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    received = cast(Received, FakeReceived(1))
+    assert await eo.admit(received) == "new"
+    assert await eo.publish_all([(received, msg(1))]) == [None]
+    await asyncio.wait_for(closed.wait(), timeout=5)
+    assert await eo.admit(cast(Received, FakeReceived(2))) == "new"
+    assert len(opened) == 2, "opened again for the next event"

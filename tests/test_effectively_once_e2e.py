@@ -1,0 +1,223 @@
+"""Effectively-once result topics on Apache Pulsar: no duplicate result after crashes,
+restarts, redeliveries and a failover (Apache Pulsar only: pulsar-lite has no
+deduplication, and a route asking for it there is refused by `check`; tested too).
+
+The source topic has two partitions and is published with producer batching, so result
+sequence ids come from batched entries (batch index included). Two bridge processes share
+a failover subscription (each owns a partition; a killed one's partition fails over to the
+other). Along 10,000 events: endpoint faults, a broker restart, SIGTERM + restart, SIGKILL
+mid-batch + restart of each process. Every event ends with exactly one result message.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pulsar
+import pytest
+
+from bridge.config import load_config
+from bridge.emulator import EmulatorServer, score
+from bridge.errors import ConfigError
+from tests.conftest import APACHE_ONLY, CLIENT_ID, CLIENT_SECRET, BridgeFactory
+from tests.support.apache import ApachePulsarBroker
+from tests.support.harness import (
+    BridgeProcess,
+    TopicReader,
+    Topics,
+    event,
+    publish,
+    route_config,
+    write_config,
+)
+
+EVENTS = 10_000
+CHUNKS = 10
+
+
+def test_check_refuses_effectively_once_without_an_admin_api_or_one_owner(
+    tmp_path: Path,
+) -> None:
+    topics = Topics()
+    route = route_config(
+        topics, source={"subscription_type": "shared"}, result={"delivery": "effectively-once"}
+    )
+    directory = write_config(
+        tmp_path,
+        service_url="pulsar://127.0.0.1:6650",
+        databricks={"host": "http://127.0.0.1:1", "auth_type": "none"},
+        routes={"fraud": route},
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(directory)
+    text = str(raised.value)
+    assert "needs source.subscription_type 'failover' or 'exclusive'" in text
+    route["source"]["subscription_type"] = "failover"
+    write_config(
+        tmp_path,
+        service_url="pulsar://127.0.0.1:6650",
+        databricks={"host": "http://127.0.0.1:1", "auth_type": "none"},
+        routes={"fraud": route},
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(directory)
+    assert "needs pulsar.admin_url" in str(raised.value)
+    assert "pulsar-lite has no deduplication" in str(raised.value)
+
+
+def namespace(broker: ApachePulsarBroker, *, deduplication: bool) -> str:
+    name = f"public/eo-{uuid.uuid4().hex[:8]}"
+    admin = f"{broker.admin_url}/admin/v2/namespaces/{name}"
+    httpx.put(admin, json={}, timeout=30).raise_for_status()
+    httpx.post(f"{admin}/deduplication", json=deduplication, timeout=30).raise_for_status()
+    return name
+
+
+def topics_in(ns: str) -> Topics:
+    stem = uuid.uuid4().hex[:8]
+    return Topics(
+        source=f"persistent://{ns}/events-{stem}",
+        result=f"persistent://{ns}/results-{stem}",
+        dlq=f"persistent://{ns}/dlq-{stem}",
+        subscription=f"bridge-{stem}",
+    )
+
+
+def eo_route(topics: Topics) -> dict[str, Any]:
+    return route_config(
+        topics,
+        source={"subscription_type": "failover"},
+        result={"delivery": "effectively-once", "passthrough": ["id"]},
+        endpoint={"max_in_flight": 4},
+        batch={"max_events": 50, "linger_ms": 5},
+        failure={"circuit_probe_max_s": 0.5, "retry_after_max_s": 1},
+    )
+
+
+@APACHE_ONLY
+@pytest.mark.integration
+def test_a_route_is_refused_when_the_result_topic_has_no_deduplication(
+    apache_broker: ApachePulsarBroker, start_bridge: BridgeFactory
+) -> None:
+    topics = topics_in(namespace(apache_broker, deduplication=False))
+    bridge = start_bridge(
+        {"fraud": eo_route(topics)},
+        extra={"pulsar": {"admin_url": apache_broker.admin_url}},
+        wait_ready=False,
+    )
+    failed = bridge.wait_for("start_failed", timeout=60)
+    assert "deduplication is not enabled" in failed["error"]
+    assert bridge.wait_exit(30) == 1
+
+
+@APACHE_ONLY
+@pytest.mark.integration
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+def test_no_duplicate_results_through_crashes_restarts_and_a_failover(
+    pulsar_client: pulsar.Client,
+    apache_broker: ApachePulsarBroker,
+    emulator: EmulatorServer,
+    start_bridge: BridgeFactory,
+    tmp_path: Path,
+) -> None:
+    ns = namespace(apache_broker, deduplication=True)
+    topics = topics_in(ns)
+    admin = f"{apache_broker.admin_url}/admin/v2/persistent/{topics.source.removeprefix('persistent://')}"
+    httpx.put(f"{admin}/partitions", json=2, timeout=30).raise_for_status()
+    rows = [event(i) for i in range(EVENTS)]
+    results = TopicReader(pulsar_client, topics.result)
+    dead = TopicReader(pulsar_client, topics.dlq)
+    extra = {"pulsar": {"admin_url": apache_broker.admin_url}, "daemon": {"drain_grace_s": 5}}
+    configs = [tmp_path / "a", tmp_path / "b"]
+    for directory in configs:
+        write_config(
+            directory,
+            service_url=apache_broker.url,
+            databricks={
+                "host": emulator.url,
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+            },
+            routes={"fraud": eo_route(topics)},
+            extra=extra,
+        )
+    processes: dict[str, BridgeProcess] = {}
+
+    def start(which: str) -> BridgeProcess:
+        process = start_bridge({}, config_dir=configs[0 if which == "a" else 1])
+        processes[which] = process
+        return process
+
+    def feed(chunk: int) -> None:
+        size = EVENTS // CHUNKS
+        part = rows[chunk * size : (chunk + 1) * size]
+        publish(
+            pulsar_client,
+            topics.source,
+            [json.dumps(r).encode() for r in part],
+            key=lambda i: f"card-{i % 17}",
+        )
+
+    def settled(count: int) -> None:
+        got = results.read_until(lambda ms: len({m.json["id"] for m in ms}) >= count, timeout=180)
+        assert len({m.json["id"] for m in got}) >= count, f"stalled before {count} results"
+
+    start("a")
+    start("b")
+    feed(0)
+    feed(1)
+    settled(2000)
+    emulator.state.faults.update({"rate_429": 0.2, "fail_next": 20, "fail_status": 503}, now=0)
+    feed(2)
+    settled(3000)
+    emulator.state.faults.update({"rate_429": 0.0}, now=0)
+    apache_broker.restart()  # both processes reconnect; in-flight results are sent again
+    feed(3)
+    settled(4000)
+    processes["a"].signal(signal.SIGTERM)
+    assert processes["a"].wait_exit(60) == 0, processes["a"].tail(60)
+    feed(4)
+    start("a")
+    settled(5000)
+    feed(5)
+    processes["a"].wait_for("batch", lambda line: line["outcome"] == "ok")
+    processes["a"].kill()  # SIGKILL mid-stream: its partition fails over to b
+    feed(6)
+    settled(7000)
+    start("a")
+    feed(7)
+    processes["b"].wait_for("batch", lambda line: line["outcome"] == "ok")
+    processes["b"].kill()
+    start("b")
+    feed(8)
+    feed(9)
+    settled(EVENTS)
+    for process in processes.values():
+        assert process.stop() == 0, process.tail()
+
+    got = results.read_quiet(2000)
+    by_id: dict[str, set[str]] = {}
+    for m in got:
+        by_id.setdefault(m.json["id"], set()).add(m.message_id)
+        assert m.json["prediction"] == score(rows[int(m.json["id"][1:])])
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    duplicates = {k: len(v) for k, v in by_id.items() if len(v) > 1}
+    stored = sum(
+        line.get("last_sequence_id", -1) >= 0
+        for p in processes.values()
+        for line in p.events("result_producer_opened")
+    )
+    print(
+        f"\neffectively-once: {len(by_id)} events with results, {len(duplicates)} duplicates, "
+        f"{len(missing)} missing, producers reopened with stored ids: {stored}, "
+        f"requests {dict(emulator.state.counters.requests_by_status)}"
+    )
+    assert missing == []
+    assert duplicates == {}, f"{len(duplicates)} events with more than one result"
+    assert dead.read_quiet(500) == []
