@@ -267,3 +267,13 @@ def test_the_config_reference_shows_the_defaults() -> None:
     route = tomllib.loads((root / "config" / "routes" / "fraud.toml").read_text())
     assert route["endpoint"]["client_request_id"] is False
     assert EndpointSettings.model_fields["client_request_id"].default is False
+
+
+def test_an_unsampled_events_result_carries_its_context_without_a_span(
+    route_tracing: RouteTracing, exporter: InMemorySpanExporter
+) -> None:
+    quiet = event({"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "tracestate": "vendor=1"})
+    with route_tracing.batch([quiet]):
+        properties = route_tracing.result(quiet)
+    assert properties == {"traceparent": f"00-{TRACE_ID}-{SPAN_ID}-00", "tracestate": "vendor=1"}
+    assert exporter.get_finished_spans() == (), "an unsampled trace records nothing"
