@@ -503,7 +503,11 @@ class PulsarConnection:
         schema: tuple[str, str] | None = None,
     ) -> Publisher:
         """A producer on ``topic``; at most ``max_pending`` messages wait on the broker.
-        A ``producer_name`` is what broker deduplication keys on (effectively-once).
+        A ``producer_name`` is what broker deduplication keys on (effectively-once); such a
+        producer does not batch: the C++ client sends a batch with its first message's
+        sequence id alone (no highest id) and counts the ids of a batch as consecutive, so
+        the broker would remember only the first id of each batch, and a message of the
+        batch sent again later would be stored twice (seen in tests/test_effectively_once_e2e).
         ``schema`` (Pulsar's type name and definition text) is declared by the producer,
         so the broker registers it, or refuses it as incompatible, and every message
         carries its version; the caller encodes the payloads."""
@@ -518,7 +522,7 @@ class PulsarConnection:
                 # room, so a send never fails for a full queue (it would fail silently).
                 max_pending_messages=0,
                 block_if_queue_full=False,
-                batching_enabled=True,
+                batching_enabled=producer_name is None,
                 batching_max_publish_delay_ms=5,
                 batching_max_messages=1000,
             )

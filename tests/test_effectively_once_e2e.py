@@ -219,5 +219,33 @@ def test_no_duplicate_results_through_crashes_restarts_and_a_failover(
         f"requests {dict(emulator.state.counters.requests_by_status)}"
     )
     assert missing == []
+    if duplicates:
+        for key in sorted(duplicates)[:4]:
+            for m in got:
+                if m.json["id"] == key:
+                    print("DUP", key, m.message_id, m.properties)
+        for name, p in processes.items():
+            for line in p.lines:
+                if line.get("event") in (
+                    "result_producer_opened",
+                    "result_producer_busy",
+                    "ready",
+                    "stopping",
+                    "route_stopped",
+                ):
+                    print(
+                        "LOG",
+                        name,
+                        {
+                            k: line.get(k)
+                            for k in (
+                                "event",
+                                "timestamp",
+                                "source_partition",
+                                "last_sequence_id",
+                                "producer",
+                            )
+                        },
+                    )
     assert duplicates == {}, f"{len(duplicates)} events with more than one result"
     assert dead.read_quiet(500) == []
