@@ -26,7 +26,6 @@ nacked, or on an ordered route sent again in place until the broker takes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,15 +36,15 @@ import structlog
 from bridge.config import RouteSettings
 from bridge.correlation import Correlation
 from bridge.effectively_once import EffectivelyOnce
-from bridge.errors import EndpointError, ResultRejected, ShutdownRequested
+from bridge.errors import EndpointError, ShutdownRequested
 from bridge.events import Event, result_message
 from bridge.formats import build_body, predictions_of
 from bridge.gate import ROUTE, STORM, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
-from bridge.pulsar_io import OutgoingMessage, Publisher
-from bridge.redaction import Redactor, scrub
-from bridge.result_schema import ResultDoesNotFit
+from bridge.publishing import ORDERED_SUBSCRIPTIONS, Rejection, ResultPublisher
+from bridge.pulsar_io import Publisher
+from bridge.redaction import Redactor
 from bridge.retry import Failure, RetryPolicy, classify
 from bridge.route_schemas import ResultMessage
 from bridge.serving import Invocation, ServingClient
@@ -53,11 +52,8 @@ from bridge.settle import Settler
 from bridge.stopping import sleep_unless_stopping, unless_stopping
 from bridge.storm import StormGuard, Verdict
 
-# Subscriptions that deliver each key's events in order to one consumer.
-ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
+__all__ = ["ORDERED_SUBSCRIPTIONS", "BatchProcessor"]
 log = structlog.get_logger("bridge.batch")
-
-Rejection = tuple[Event, str]
 
 
 class BatchProcessor:
@@ -81,16 +77,10 @@ class BatchProcessor:
         result_message: ResultMessage = result_message,
     ) -> None:
         self._route = route
-        # How a result message is built: JSON, or the result topic's schema (route_schemas).
-        self._result_message = result_message
-        # Effectively-once routes publish through the reorder buffer, with sequence ids.
-        self._eo = effectively_once
         # Trace context and request ids across the hop (bridge.correlation).
         self._correlation = correlation or Correlation.for_route(
             route, metrics=metrics, redactor=redactor
         )
-        self._redactor = redactor
-        self._results = results
         self._settler = settler
         self._serving = serving
         self._limiter = limiter
@@ -101,7 +91,19 @@ class BatchProcessor:
         self._policy = RetryPolicy.from_settings(route.failure)
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
-        self._ordered = route.source.subscription_type in ORDERED_SUBSCRIPTIONS
+        self._results = ResultPublisher(
+            route,
+            results=results,
+            settler=settler,
+            storm=storm,
+            metrics=metrics,
+            policy=self._policy,
+            stopping=self._stopping,
+            correlation=self._correlation,
+            redactor=redactor,
+            effectively_once=effectively_once,
+            result_message=result_message,
+        )
 
     async def process(self, batch: Sequence[Event]) -> None:
         """Settle every event of ``batch``; on a stop or cancellation, nack what is left."""
@@ -172,7 +174,7 @@ class BatchProcessor:
         if isinstance(answer, list):
             return answer
         invocation, predictions = answer
-        outcome, rejected = await self._publish(events, predictions, invocation)
+        outcome, rejected = await self._results.publish(events, predictions, invocation)
         self._log_batch(events, started, outcome, None, invocation.served_model)
         return rejected
 
@@ -316,105 +318,6 @@ class BatchProcessor:
 
     # ------------------------------------------------------------------ publishing
 
-    async def _publish(
-        self, events: list[Event], predictions: list[Any], invocation: Invocation
-    ) -> tuple[str, list[Rejection]]:
-        """Publish results and ack what the broker stored; the outcome for the log line
-        and the events whose result cannot be built."""
-        route = self._route
-        # A header the endpoint chose: it goes into every result and the status output.
-        served_model = invocation.served_model
-        if served_model is not None:
-            served_model = (
-                self._redactor.redact(served_model) if self._redactor else scrub(served_model)
-            )
-        self._note_served_model(served_model)
-        self._metrics.scored(served_model, len(events))
-        pending: list[tuple[Event, OutgoingMessage]] = []
-        rejected: list[Rejection] = []
-        extras = self._correlation.result_properties(events, invocation)
-        for event, prediction, extra in zip(events, predictions, extras, strict=True):
-            try:
-                data, properties = self._result_message(
-                    event,
-                    prediction,
-                    route=route.name,
-                    passthrough=route.result.passthrough,
-                    served_model=served_model,
-                    extra=extra,
-                )
-            except (TypeError, ResultDoesNotFit) as exc:  # orjson.JSONEncodeError included
-                rejected.append((event, f"result cannot be encoded: {exc}"))
-                continue
-            pending.append((event, (data, properties, event.received.key)))
-        if pending:
-            self._storm.scored()
-
-        async def attempt() -> None:
-            nonlocal pending
-            pending = await self._publish_once(pending)
-            if pending and self._ordered:
-                raise _Unconfirmed(self._metrics.last_error or "publish not confirmed")
-
-        # Results the broker did not confirm leave their events unacked. Other routes hand
-        # them back to Pulsar; an ordered route sends them again in place, for as long as it
-        # takes (a nacked event would come back after later ones of its key, and the broker
-        # being away is no reason to dead-letter anything). Only a shutdown stops that.
-        with contextlib.suppress(_Unconfirmed):
-            await self._policy.persist(
-                attempt,
-                retry=self._publish_retry,
-                cap_s=self._policy.max_s,
-                stopping=self._stopping,
-                max_attempts=None,
-                wait_first=False,
-            )
-        if not pending:
-            return "ok", rejected
-        self._settler.nack([event for event, _ in pending])
-        return "handed_back", rejected
-
-    def _note_served_model(self, served_model: str | None) -> None:
-        if served_model and served_model != self._metrics.served_model:
-            if self._metrics.served_model is not None:
-                log.info(
-                    "served_model_changed",
-                    route=self._route.name,
-                    previous=self._metrics.served_model,
-                    current=served_model,
-                )
-            self._metrics.served_model = served_model
-
-    def _publish_retry(self, exc: BaseException) -> bool:
-        if not isinstance(exc, _Unconfirmed):
-            return False
-        log.warning("publish_retry", route=self._route.name, reason=str(exc))
-        return True
-
-    async def _publish_once(
-        self, pending: list[tuple[Event, OutgoingMessage]]
-    ) -> list[tuple[Event, OutgoingMessage]]:
-        """Publish; ack what the broker stored, dead-letter what it can never take, and
-        return the rest."""
-        if self._eo is not None:
-            outcomes = await self._eo.publish_all([(e.received, m) for e, m in pending])
-        else:
-            outcomes = await self._results.publish_all([message for _, message in pending])
-        published, unconfirmed = [], []
-        rejected: list[tuple[Event, ResultRejected]] = []
-        for (event, message), error in zip(pending, outcomes, strict=True):
-            if error is None:
-                published.append(event)
-            elif isinstance(error, ResultRejected):
-                rejected.append((event, error))
-            else:
-                self._metrics.last_error = str(error)
-                unconfirmed.append((event, message))
-        self._settler.stored(published)
-        for event, rejection in rejected:
-            await self._settler.dead_letter(event, f"result not publishable: {rejection}")
-        return unconfirmed
-
     def _log_batch(
         self,
         events: list[Event],
@@ -433,10 +336,6 @@ class BatchProcessor:
             reason=None if exc is None else exc.reason,
             served_model=served_model,
         )
-
-
-class _Unconfirmed(Exception):
-    """An ordered route's results the broker did not confirm: sent again in place."""
 
 
 class _Isolated(Exception):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import structlog.testing
 
 from bridge.config import RouteSettings, load_config
 from bridge.errors import BrokerError, EndpointError
@@ -389,3 +390,19 @@ async def test_rejections_seen_before_a_storm_began_are_scored_again(tmp_path: P
     await parts.processor.process(events)
     assert parts.dead.calls == []
     assert len(parts.source.acked) == 4
+
+
+async def test_a_traffic_split_logs_each_new_version_once_not_every_flip(tmp_path: Path) -> None:
+    versions = iter(["m-1", "m-2", "m-1", "m-2", "m-1", "m-3"])
+
+    class SplitEndpoint(ScriptedEndpoint):
+        async def invoke(self, body: bytes, headers: Any = None) -> Invocation:
+            rows = orjson.loads(body)["dataframe_records"]
+            return Invocation({"predictions": scores(rows)}, next(versions), 0.001)
+
+    parts = Parts(settings(tmp_path, "shared"), endpoint=SplitEndpoint(scores))
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(6):
+            await parts.processor.process(batch(2))
+    changes = [(e["previous"], e["current"]) for e in logs if e["event"] == "served_model_changed"]
+    assert changes == [("m-1", "m-2"), ("m-1", "m-3")]
