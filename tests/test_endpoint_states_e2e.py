@@ -6,6 +6,8 @@ One bridge process relays a stream while the emulator takes its endpoint through
 scale from zero (503 and NOT_READY), a model redeployed with a new signature (every row
 400: a poison storm) and a capacity drop mid-stream (429 beyond it). Each phase's events
 are published while the state holds; the phase ends when every one of them has a result.
+A last, hostile phase: a model that answers a few events with more than the route's
+``max_response_bytes``; only those events are dead-lettered, with the reason.
 Runs on both brokers.
 """
 
@@ -19,6 +21,7 @@ import pulsar
 import pytest
 
 from bridge.emulator import EmulatorServer
+from bridge.emulator.state import ServedModel
 from tests.conftest import BridgeFactory
 from tests.support.harness import Received, TopicReader, Topics, event, publish, route_config
 
@@ -44,7 +47,7 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
     dead = TopicReader(pulsar_client, topics.dlq)
     route = route_config(
         topics,
-        endpoint={"max_in_flight": 6},
+        endpoint={"max_in_flight": 6, "max_response_bytes": 200_000},
         batch={"max_events": 25, "linger_ms": 5},
         failure={
             "attempts": 2,
@@ -88,12 +91,23 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
     state.faults.update({"capacity": 4, "latency_ms": 20}, now=0)
     phase("capacity 4", {}, 0, None)
     phase("capacity drop to 2", {"capacity": 2}, 0, None)
+    # Hostile: a few answers far over the response limit (their events' fault here).
+    huge = {f"e{i}" for i in range(published, published + PER_PHASE, 50)}
+    state.model = ServedModel(
+        "fraud-model-2", lambda rows: ["x" * 300_000 if r["id"] in huge else 0.5 for r in rows]
+    )
+    rows = [event(i) for i in range(published, published + PER_PHASE)]
+    publish(pulsar_client, topics.source, [json.dumps(r).encode() for r in rows])
+    published += PER_PHASE
+    got.extend(results.read_until(lambda ms: len(ids(got + ms)) >= published - len(huge)))
+    dead_letters = dead.read_until(lambda ms: len(ms) >= len(huge))
     bridge.stop()
 
-    assert ids(got) == {f"e{i}" for i in range(published)}, "every event has its result"
-    assert dead.read_quiet(500) == [], "no good event dead-lettered"
+    assert ids(got) == {f"e{i}" for i in range(published)} - huge, "every good event scored"
+    assert {m.json["id"] for m in dead.read_quiet(500)} == huge, "only the hostile answers"
+    assert all("max_response_bytes" in m.properties["error"] for m in dead_letters)
     summary = bridge.events("route_stopped")[0]
-    assert summary["dead_lettered"] == 0
+    assert summary["dead_lettered"] == len(huge)
     # Back within the probe cap after the endpoint recovered (plus the broker's and the
     # loaded machine's time to deliver the first result).
     for name, seconds in recovery_s.items():
