@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -246,6 +245,6 @@ def test_key_shared_across_two_processes_keeps_per_key_order(
         assert seqs == sorted(seqs), f"results of {key} reordered"
     out = [bridge.events("route_stopped")[0]["results_out"] for bridge in bridges]
     assert all(count > 0 for count in out), f"both processes took keys: {out}"
-    held = Counter(b["outcome"] for bridge in bridges for b in bridge.events("batch"))
-    print(f"\nkey_shared, results_out per process: {out}, batch outcomes: {dict(held)}")
-    assert held["held"] > 0, "batches were held in place (per-key order under 429s)"
+    retried = sum(len(bridge.events("request_retry")) for bridge in bridges)
+    print(f"\nkey_shared, results_out per process: {out}, requests tried again: {retried}")
+    assert retried > 0, "batches were held and tried again in place (per-key order under 429s)"
