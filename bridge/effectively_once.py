@@ -238,14 +238,19 @@ class EffectivelyOnce:
         line = await self._line(received.topic)
         return line.admit(sequence_id(received.position), received)
 
+    def hand_in(
+        self, pending: Sequence[tuple[Received, OutgoingMessage]]
+    ) -> list[asyncio.Future[BrokerError | None]]:
+        """Hand results in; each future says whether the broker stored it (None) or not."""
+        return [
+            self._lines[r.topic].result(sequence_id(r.position), message) for r, message in pending
+        ]
+
     async def publish_all(
         self, pending: Sequence[tuple[Received, OutgoingMessage]]
     ) -> list[BrokerError | None]:
         """Hand results in; return once each is stored (None) or failed."""
-        futures = [
-            self._lines[r.topic].result(sequence_id(r.position), message) for r, message in pending
-        ]
-        return list(await asyncio.gather(*futures))
+        return list(await asyncio.gather(*self.hand_in(pending)))
 
     def ended(self, received: Received, *, nacked: bool) -> None:
         line = self._lines.get(received.topic)
@@ -280,15 +285,19 @@ class EffectivelyOnce:
 
     async def _open_busy(self, name: str) -> SequencedPublisher:
         """Open the producer; while the partition's previous owner still holds the name
-        (ProducerBusy), wait for it to let go, with backoff."""
+        (ProducerBusy), or the broker cannot be reached, try again with backoff (the
+        caller stops waiting on shutdown)."""
         delay = 0.1
         while True:
             try:
                 return await self._open_producer(name)
             except BrokerError as exc:
-                if "ProducerBusy" not in str(exc):
-                    raise
-                log.info("result_producer_busy", route=self._route, producer=name, retry_s=delay)
+                event = (
+                    "result_producer_busy"
+                    if "ProducerBusy" in str(exc)
+                    else "result_producer_failed"
+                )
+                log.info(event, route=self._route, producer=name, retry_s=delay, error=str(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, BUSY_RETRY_MAX_S)
 
@@ -297,7 +306,9 @@ class EffectivelyOnce:
         loop.call_later(IDLE_CLOSE_S, self._close_if_idle, topic, line)
 
     def _close_if_idle(self, topic: str, line: PartitionLine) -> None:
-        if self._lines.get(topic) is not line or not line.idle:
+        if self._lines.get(topic) is not line or not line.idle or line.halted_at is not None:
+            # A halted line keeps its producer: closing it would forget the halt, and the
+            # handed-back event, once redelivered, would sit below later stored ids.
             return
         # Let go of the name, so whoever owns the partition next can open it.
         del self._lines[topic]

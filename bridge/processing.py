@@ -42,7 +42,7 @@ from bridge.formats import build_body, predictions_of
 from bridge.gate import ROUTE, STORM, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
-from bridge.publishing import ORDERED_SUBSCRIPTIONS, Rejection, ResultPublisher
+from bridge.publishing import ORDERED_SUBSCRIPTIONS, Rejection, ResultPublisher, Staged
 from bridge.pulsar_io import Publisher
 from bridge.redaction import Redactor
 from bridge.retry import Failure, RetryPolicy, classify
@@ -121,23 +121,26 @@ class BatchProcessor:
         self._settler.nack(events)
 
     async def _settle_batch(self, batch: list[Event]) -> None:
+        staged: list[Staged] = []  # effectively-once results, confirmed at the end
         while True:
-            events = [e for e in batch if not e.settled]
+            handed = {id(e) for pending, _ in staged for e, _ in pending}
+            events = [e for e in batch if not e.settled and id(e) not in handed]
             if not events:
-                return
+                break
             storms = self._gate.storms
+            scoring = _Round(staged)
             try:
-                rejected = await self._score(events, whole=True)
+                rejected = await self._score(events, scoring, whole=True)
             except _StillStorm:
                 continue  # the storm probe was rejected again; the gate times the next one
             if not rejected:
-                return
+                break
             if self._gate.storms != storms:
                 # A storm began while this batch was scored: its rejections may be the
                 # storm's, not the events' fault. Score them again (they settle or, if
                 # rejected with no storm around, are dead-lettered then).
                 continue
-            if len(rejected) == len(events):
+            if scoring.scored == 0 and len(rejected) == len(events):
                 verdict = await unless_stopping(
                     self._storm.verdict(storm_in_progress=self._gate.storm), self._stopping
                 )
@@ -147,49 +150,63 @@ class BatchProcessor:
                     continue  # held: scored again once a probe succeeds
             for event, reason in rejected:
                 await self._settler.dead_letter(event, reason)
-            return
+            break
+        await self._results.confirm(staged)
 
     # ------------------------------------------------------------------ scoring
 
-    async def _score(self, events: list[Event], *, whole: bool = False) -> list[Rejection]:
-        """Score ``events``, publish their results; return those the endpoint rejected."""
+    async def _score(
+        self, events: list[Event], scoring: _Round, *, whole: bool = False
+    ) -> list[Rejection]:
+        """Score ``events`` and publish their results; return those the endpoint rejected.
+        What the bridge itself cannot send (not encodable, over the payload limit) is
+        dead-lettered at once: no storm verdict is needed for the events' own fault."""
         body, unencodable = self._encode(events)
+        for event, reason in unencodable:
+            await self._settler.dead_letter(event, reason)
         if unencodable:
-            bad = {id(event) for event, _ in unencodable}
-            good = [e for e in events if id(e) not in bad]
-            return unencodable + (await self._score(good) if good else [])
+            good = [e for e in events if not e.settled]
+            return await self._score(good, scoring) if good else []
         if body is None:  # every event encodes alone, not together: split them up
             if len(events) == 1:
-                return [(events[0], "event cannot be encoded for the request")]
-            return await self._bisect(events)
+                await self._settler.dead_letter(events[0], "event cannot be encoded")
+                return []
+            return await self._bisect(events, scoring)
         limit = self._route.endpoint.max_payload_bytes
         if len(body) > limit:
             if len(events) == 1:
-                return [
-                    (events[0], f"event of {len(body)} bytes exceeds the payload limit {limit}")
-                ]
-            return await self._bisect(events)
+                reason = f"event of {len(body)} bytes exceeds the payload limit {limit}"
+                await self._settler.dead_letter(events[0], reason)
+                return []
+            return await self._bisect(events, scoring)
         started = time.monotonic()
-        answer = await self._answer(events, body, whole=whole, started=started)
+        answer = await self._answer(events, body, scoring, whole=whole, started=started)
         if isinstance(answer, list):
             return answer
         invocation, predictions = answer
-        outcome, rejected = await self._results.publish(events, predictions, invocation)
+        scoring.scored += len(events)
+        outcome = await self._results.publish(events, predictions, invocation, scoring.staged)
         self._log_batch(events, started, outcome, None, invocation.served_model)
-        return rejected
+        return []
 
     async def _answer(
-        self, events: list[Event], body: bytes, *, whole: bool, started: float
+        self, events: list[Event], body: bytes, scoring: _Round, *, whole: bool, started: float
     ) -> tuple[Invocation, list[Any]] | list[Rejection]:
         """The endpoint's predictions for ``events``, or the events it rejected."""
         rounds = 0
         while True:
             try:
-                invocation = await self._call(body, len(events), sample=whole)
-                return invocation, predictions_of(invocation.body, len(events))
+                invocation, probe = await self._call(body, len(events), sample=whole)
+                try:
+                    predictions = predictions_of(invocation.body, len(events))
+                except EndpointError:
+                    self._gate_answered(probe)
+                    raise
+                self._gate.success()  # only a usable answer says the endpoint scores
+                return invocation, predictions
             except _Isolated as isolated:
                 if len(events) > 1:
-                    return await self._bisect(events)
+                    return await self._bisect(events, scoring)
                 rounds += 1
                 if rounds > self._route.failure.max_redeliveries:
                     reason = (
@@ -202,7 +219,7 @@ class BatchProcessor:
                 if whole and self._gate.storm:
                     raise _StillStorm from exc
                 if len(events) > 1:
-                    return await self._bisect(events)
+                    return await self._bisect(events, scoring)
                 return [(events[0], exc.reason)]
 
     def _encode(self, events: list[Event]) -> tuple[bytes | None, list[Rejection]]:
@@ -225,51 +242,67 @@ class BatchProcessor:
                 bad.append((event, f"event cannot be encoded for the request: {exc}"))
         return None, bad
 
-    async def _bisect(self, events: list[Event]) -> list[Rejection]:
+    async def _bisect(self, events: list[Event], scoring: _Round) -> list[Rejection]:
         # Halves in order, one after the other, so results keep the source order.
         middle = len(events) // 2
-        return [*await self._score(events[:middle]), *await self._score(events[middle:])]
+        first = await self._score(events[:middle], scoring)
+        return [*first, *await self._score(events[middle:], scoring)]
 
-    async def _call(self, body: bytes, size: int, *, sample: bool) -> Invocation:
-        """One request, tried until it succeeds; raises an event error or _Isolated.
+    def _gate_answered(self, probe: bool) -> None:
+        """The endpoint answered but rejected the events: it is there and reads requests."""
+        self._gate.answered()
+        if probe and self._gate.paused:
+            self._gate.probe_failed()
+
+    async def _call(self, body: bytes, size: int, *, sample: bool) -> tuple[Invocation, bool]:
+        """One request, tried until the endpoint answers it; raises an event error or
+        _Isolated. Returns the answer and whether it was the paused route's probe.
 
         Overload and transient failures are retried with backoff; route errors pause the
-        route; while it is paused this call waits for its turn to probe.
+        route; while it is paused this call waits for its turn to probe. Only transient
+        failures (5xx, connection errors) can make a batch suspect: an endpoint shedding
+        load (429/503/504/timeouts) says nothing about the events.
         """
-        failures = 0
-        others_before = self._gate.successes
+        tries = _Tries(self._gate.successes)
         while True:
             probe = await self._gate.admit(self._stopping)
             try:
                 invocation = await self._request(body, size, sample=sample and not probe)
             except EndpointError as exc:
-                failure = classify(exc)
-                self._metrics.last_error = exc.reason
-                if failure is Failure.EVENT:
-                    self._gate.answered()
-                if probe and self._gate.paused:
-                    log.info(
-                        "probe_failed",
-                        route=self._route.name,
-                        reason=exc.reason,
-                        next_probe_s=round(self._gate.probe_failed(), 3),
-                    )
-                if failure is Failure.EVENT:
-                    raise
-                if failure is Failure.ROUTE:
-                    self._gate.pause(ROUTE, exc.reason)
-                    continue
-                self._gate.failure(exc.reason)
-                failures += 1
-                if failures >= self._policy.attempts:
-                    if self._gate.successes > others_before:
-                        raise _Isolated(exc) from exc
-                    failures, others_before = 0, self._gate.successes
-                if not self._gate.paused:
-                    await self._back_off(exc, failures, failure)
+                await self._failed(exc, probe, tries)
                 continue
-            self._gate.success()
-            return invocation
+            except BaseException:
+                if probe:  # a stop, or a bug: the next probe must still go
+                    self._gate.probe_failed()
+                raise
+            return invocation, probe
+
+    async def _failed(self, exc: EndpointError, probe: bool, tries: _Tries) -> None:
+        """What one failed request leads to; raises for event errors and _Isolated."""
+        failure = classify(exc)
+        self._metrics.last_error = exc.reason
+        if failure is Failure.EVENT:
+            self._gate_answered(probe)
+            raise exc
+        if probe and self._gate.paused:
+            log.info(
+                "probe_failed",
+                route=self._route.name,
+                reason=exc.reason,
+                next_probe_s=round(self._gate.probe_failed(), 3),
+            )
+        if failure is Failure.ROUTE:
+            self._gate.pause(ROUTE, exc.reason)
+            return
+        self._gate.failure(exc.reason)
+        tries.failures += 1
+        tries.transient += failure is Failure.TRANSIENT
+        if tries.transient >= self._policy.attempts:
+            if self._gate.successes > tries.others_before:
+                raise _Isolated(exc) from exc
+            tries.transient, tries.others_before = 0, self._gate.successes
+        if not self._gate.paused:
+            await self._back_off(exc, tries.failures, failure)
 
     async def _back_off(self, exc: EndpointError, failures: int, failure: Failure) -> None:
         """Wait before trying again. An endpoint's Retry-After has paused the whole endpoint
@@ -336,6 +369,28 @@ class BatchProcessor:
             reason=None if exc is None else exc.reason,
             served_model=served_model,
         )
+
+
+class _Tries:
+    """One request's failures so far, and the endpoint's successes when they began."""
+
+    __slots__ = ("failures", "others_before", "transient")
+
+    def __init__(self, others_before: int) -> None:
+        self.failures = 0
+        self.transient = 0
+        self.others_before = others_before
+
+
+class _Round:
+    """One scoring round of a batch: how many events were scored, and the effectively-once
+    results handed in (confirmed when the batch's other events have ended)."""
+
+    __slots__ = ("scored", "staged")
+
+    def __init__(self, staged: list[Staged]) -> None:
+        self.scored = 0
+        self.staged = staged
 
 
 class _Isolated(Exception):

@@ -19,7 +19,7 @@ import structlog
 from bridge.config import RouteSettings
 from bridge.correlation import Correlation
 from bridge.effectively_once import EffectivelyOnce
-from bridge.errors import ResultRejected
+from bridge.errors import BrokerError, ResultRejected
 from bridge.events import Event, result_message
 from bridge.observe import RouteMetrics
 from bridge.pulsar_io import OutgoingMessage, Publisher
@@ -36,6 +36,8 @@ ORDERED_SUBSCRIPTIONS = frozenset({"key_shared", "failover", "exclusive"})
 log = structlog.get_logger("bridge.batch")
 
 Rejection = tuple[Event, str]
+# Effectively-once results handed in to their lines, with the futures that confirm them.
+Staged = tuple[list[tuple[Event, OutgoingMessage]], list["asyncio.Future[BrokerError | None]"]]
 
 
 class ResultPublisher:
@@ -73,10 +75,19 @@ class ResultPublisher:
         self._versions_seen: set[str] = set()
 
     async def publish(
-        self, events: list[Event], predictions: list[Any], invocation: Invocation
-    ) -> tuple[str, list[Rejection]]:
-        """Publish results and ack what the broker stored; the outcome for the log line
-        and the events whose result cannot be built."""
+        self,
+        events: list[Event],
+        predictions: list[Any],
+        invocation: Invocation,
+        staged: list[Staged] | None = None,
+    ) -> str:
+        """Publish results and ack what the broker stored; the outcome for the log line.
+
+        An event whose result cannot be built is dead-lettered at once (its own fault). On
+        an effectively-once route, with ``staged``, results are only handed in to their
+        partition's line and the batch confirms them with :meth:`confirm` once its other
+        events have ended: a result waits in the line for every earlier event, the batch's
+        own rejected ones included, so waiting here could wait for itself."""
         route = self._route
         # A header the endpoint chose: it goes into every result and the status output.
         served_model = invocation.served_model
@@ -103,8 +114,27 @@ class ResultPublisher:
                 rejected.append((event, f"result cannot be encoded: {exc}"))
                 continue
             pending.append((event, (data, properties, event.received.key)))
-        if pending:
-            self._storm.scored()
+        for event, reason in rejected:
+            await self._settler.dead_letter(event, reason)
+        if not pending:
+            return "ok"
+        self._storm.scored()
+        if self._eo is not None and staged is not None:
+            staged.append((pending, self._eo.hand_in([(e.received, m) for e, m in pending])))
+            return "handed_in"
+        return await self._publish_pending(pending)
+
+    async def confirm(self, staged: list[Staged]) -> None:
+        """Effectively-once: wait until the handed-in results are stored, then ack; what
+        the broker did not confirm is sent again in place (see :meth:`publish`)."""
+        for pending, futures in staged:
+            outcomes = list(await asyncio.gather(*futures))
+            unconfirmed = await self._settle_outcomes(pending, outcomes)
+            if unconfirmed:
+                await self._publish_pending(unconfirmed)
+        staged.clear()
+
+    async def _publish_pending(self, pending: list[tuple[Event, OutgoingMessage]]) -> str:
 
         async def attempt() -> None:
             nonlocal pending
@@ -126,9 +156,9 @@ class ResultPublisher:
                 wait_first=False,
             )
         if not pending:
-            return "ok", rejected
+            return "ok"
         self._settler.nack([event for event, _ in pending])
-        return "handed_back", rejected
+        return "handed_back"
 
     def _note_served_model(self, served_model: str | None) -> None:
         """One log line when a version is first seen (not at every flip of a traffic
@@ -160,6 +190,11 @@ class ResultPublisher:
             outcomes = await self._eo.publish_all([(e.received, m) for e, m in pending])
         else:
             outcomes = await self._results.publish_all([message for _, message in pending])
+        return await self._settle_outcomes(pending, outcomes)
+
+    async def _settle_outcomes(
+        self, pending: list[tuple[Event, OutgoingMessage]], outcomes: list[BrokerError | None]
+    ) -> list[tuple[Event, OutgoingMessage]]:
         published, unconfirmed = [], []
         rejected: list[tuple[Event, ResultRejected]] = []
         for (event, message), error in zip(pending, outcomes, strict=True):

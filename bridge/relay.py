@@ -67,7 +67,14 @@ class Route:
         self._slots = asyncio.Semaphore(self.max_batches)
         self._tasks: set[asyncio.Future[None]] = set()
         self._lane_tasks: dict[int, asyncio.Future[None]] = {}
-        self._ordered = settings.source.subscription_type in ORDERED_SUBSCRIPTIONS
+        # Key lanes keep each key's batches one after the other. An effectively-once route
+        # needs none: its partition lines store results in source order whatever order the
+        # batches finish in, and lanes there could wait on each other (a batch's results
+        # wait for earlier events that a full lane would not let through).
+        self._ordered = (
+            settings.source.subscription_type in ORDERED_SUBSCRIPTIONS
+            and not settings.effectively_once
+        )
         self._limiter = limiter
         failure = settings.failure
         self._last_pause: Pause | None = None
@@ -163,6 +170,7 @@ class Route:
             self.metrics,
             self._redactor,
             on_end=None if self._eo is None else self._eo_ended,
+            persist_dead_letters=self._eo is not None,
         )
         self._processor = BatchProcessor(
             s,
@@ -250,9 +258,13 @@ class Route:
         assert self._eo is not None
         source = self._opened()[0]
         fresh = []
-        for message in messages:
+        for index, message in enumerate(messages):
             try:
-                verdict = await self._eo.admit(message)
+                verdict = await unless_stopping(self._eo.admit(message), self._stopping)
+            except ShutdownRequested:
+                for left in messages[index:]:  # a line still opening: hand these back
+                    source.nack(left)
+                break
             except OutOfRange as exc:
                 self._spawn(self._reject(message, str(exc)))
                 continue

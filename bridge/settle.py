@@ -14,6 +14,7 @@ second ending a no-op, so a batch cancelled mid-way can nack "whatever is left".
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -26,6 +27,7 @@ from bridge.pulsar_io import Received, Source
 from bridge.redaction import Redactor
 
 log = structlog.get_logger("bridge.settle")
+DEAD_LETTER_RETRY_MAX_S = 5.0
 
 
 class Settleable(Protocol):
@@ -48,15 +50,23 @@ class Settler:
         metrics: RouteMetrics,
         redactor: Redactor | None = None,
         on_end: Callable[[Received, bool], None] | None = None,
+        persist_dead_letters: bool = False,
     ) -> None:
         self._route = route
         self._redactor = redactor
         # Told when an event ended without a result: dead-lettered (False, once the
         # dead-letter topic confirmed it) or nacked (True). Effectively-once lines use it.
         self._on_end = on_end
+        self._persist = persist_dead_letters
         self._source = source
         self._dead_letters = dead_letters
         self._metrics = metrics
+
+    def _hand_back(self, received: Received) -> None:
+        self._source.nack(received)
+        self._metrics.nack(1)
+        if self._on_end is not None:
+            self._on_end(received, True)
 
     def stored(self, events: Sequence[Settleable]) -> None:
         """Results confirmed: ack."""
@@ -85,7 +95,12 @@ class Settler:
         if event.settled:
             return
         event.settled = True
-        await self.dead_letter_received(event.received, reason)
+        try:
+            await self.dead_letter_received(event.received, reason)
+        except BaseException:
+            # Cancelled by a drain while the dead letter was on its way: hand it back.
+            self._hand_back(event.received)
+            raise
 
     async def dead_letter_received(self, received: Received, reason: str) -> None:
         """The same for a message that never became an event (it did not decode)."""
@@ -95,21 +110,23 @@ class Settler:
             reason=reason,
             source_message_id=received.message_id,
         )
-        try:
-            await self._dead_letters.publish(
-                received.data,
-                dead_letter_message(
-                    received, route=self._route, reason=reason, redactor=self._redactor
-                ),
-                received.key,
-            )
-        except BrokerError as exc:
-            log.error("dead_letter_failed", route=self._route, reason=str(exc))
-            self._source.nack(received)
-            self._metrics.nack(1)
-            if self._on_end is not None:
-                self._on_end(received, True)
-            return
+        message = dead_letter_message(
+            received, route=self._route, reason=reason, redactor=self._redactor
+        )
+        delay_s = 0.1
+        while True:
+            try:
+                await self._dead_letters.publish(received.data, message, received.key)
+                break
+            except BrokerError as exc:
+                log.error("dead_letter_failed", route=self._route, reason=str(exc))
+                if not self._persist:
+                    self._hand_back(received)
+                    return
+            # Effectively-once: a nack would halt the partition's line (nothing after the
+            # event may be stored before it), so the dead letter is sent again in place.
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, DEAD_LETTER_RETRY_MAX_S)
         self._metrics.dead_letter()
         if self._on_end is not None:
             self._on_end(received, False)

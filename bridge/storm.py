@@ -7,8 +7,13 @@ would pour the whole stream into the dead-letter topic, so such a batch waits fo
 verdict here, holding its events:
 
 * another batch has events scored meanwhile: the endpoint works, so it was poison;
-* ``threshold`` such batches are waiting at once: a storm (the route pauses and probes);
+* ``threshold`` such batches in a row (waiting at once, or one after the other with no
+  event scored in between): a storm (the route pauses and probes);
 * nothing decides within ``window_s``: poison (a lone bad batch at the end of a stream).
+
+On a route where batches cannot be in progress side by side (one ordered lane: keyless
+events on an ordered subscription, or ``max_in_flight = 1``) the first ``threshold - 1``
+batches of a storm wait out the window and are dead-lettered before it is recognised.
 
 While the route is paused for a storm, a rejected batch is a storm without waiting.
 """
@@ -30,9 +35,11 @@ class StormGuard:
         self.threshold = threshold  # 0: every fully rejected batch is poison
         self.window_s = window_s
         self._waiting: list[asyncio.Future[Verdict]] = []
+        self._streak = 0  # fully rejected batches since events were last scored
 
     def scored(self) -> None:
         """Some batch had events scored: whatever waits was poison."""
+        self._streak = 0
         self._resolve(Verdict.POISON)
 
     async def verdict(self, *, storm_in_progress: bool) -> Verdict:
@@ -43,7 +50,9 @@ class StormGuard:
             return Verdict.STORM
         waiter: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
-        if len(self._waiting) >= self.threshold:
+        self._streak += 1
+        if self._streak >= self.threshold:
+            self._streak = 0
             self._resolve(Verdict.STORM)
         try:
             with contextlib.suppress(TimeoutError):

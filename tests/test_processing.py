@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import pytest
 import structlog.testing
 
 from bridge.config import RouteSettings, load_config
+from bridge.effectively_once import EffectivelyOnce, SequencedPublisher
 from bridge.errors import BrokerError, EndpointError
 from bridge.events import Event
 from bridge.gate import RouteGate
 from bridge.limiter import EndpointLimiter, FixedLimit
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import BatchProcessor
-from bridge.pulsar_io import Publisher, Received, Source
+from bridge.pulsar_io import OutgoingMessage, Position, Publisher, Received, Source
 from bridge.serving import Invocation, ServingClient
 from bridge.settle import Settler
 from bridge.storm import StormGuard
@@ -36,7 +38,9 @@ class FakeReceived:
         self.data = b"{}"
         self.key = key
         self.topic = "persistent://public/default/events"
-        self.message_id = f"(1,{next(self._ids)},-1,-1)"
+        entry = next(self._ids)
+        self.message_id = f"(1,{entry},-1,-1)"
+        self.position = Position(0, 1, entry, -1)
         self.properties: dict[str, str] = {}
         self.redelivery_count = 0
 
@@ -133,6 +137,7 @@ class Parts:
         results: FlakyPublisher | None = None,
         endpoint: ScriptedEndpoint | None = None,
         gate: RouteGate | None = None,
+        effectively_once: EffectivelyOnce | None = None,
     ) -> None:
         self.source = FakeSource()
         self.results = results or FlakyPublisher(0)
@@ -147,7 +152,14 @@ class Parts:
         )
         self.limiter = EndpointLimiter("m", FixedLimit(route.endpoint.max_in_flight))
         self.storm = StormGuard(route.failure.poison_storm_batches, 0.05)
-        settler = Settler(route.name, cast(Source, self.source), self.dead, self.metrics)
+        settler = Settler(
+            route.name,
+            cast(Source, self.source),
+            self.dead,
+            self.metrics,
+            on_end=None if effectively_once is None else self._eo_ended,
+        )
+        self.eo = effectively_once
         self.processor = BatchProcessor(
             route,
             results=cast(Publisher, self.results),
@@ -158,7 +170,12 @@ class Parts:
             storm=self.storm,
             metrics=self.metrics,
             stopping=self.stopping,
+            effectively_once=effectively_once,
         )
+
+    def _eo_ended(self, received: Received, nacked: bool) -> None:
+        assert self.eo is not None
+        self.eo.ended(received, nacked=nacked)
 
     def dead_ids(self) -> list[str]:
         return [props["source_message_id"] for call in self.dead.calls for _, props, _ in call]
@@ -406,3 +423,130 @@ async def test_a_traffic_split_logs_each_new_version_once_not_every_flip(tmp_pat
             await parts.processor.process(batch(2))
     changes = [(e["previous"], e["current"]) for e in logs if e["event"] == "served_model_changed"]
     assert changes == [("m-1", "m-2"), ("m-1", "m-3")]
+
+
+class SequencedResults:
+    """An effectively-once producer: stores what it is sent, in the order sent."""
+
+    def __init__(self) -> None:
+        self.last_sequence_id = -1
+        self.sent: list[int] = []
+
+    async def publish_all(
+        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
+    ) -> list[BrokerError | None]:
+        assert sequence_ids is not None
+        self.sent.extend(sequence_ids)
+        self.last_sequence_id = max(self.last_sequence_id, *sequence_ids)
+        return [None] * len(messages)
+
+    async def close(self) -> None:
+        return None
+
+
+async def effectively_once_parts(
+    route: RouteSettings, endpoint: ScriptedEndpoint, events: list[Event]
+) -> tuple[Parts, SequencedResults]:
+    producer = SequencedResults()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        return cast(SequencedPublisher, producer)
+
+    eo = EffectivelyOnce(route.name, "sub", open_producer)
+    for event in events:  # what the relay does at intake, in source order
+        assert await eo.admit(event.received) == "new"
+    return Parts(route, endpoint=endpoint, effectively_once=eo), producer
+
+
+async def test_effectively_once_a_rejected_event_before_good_ones_does_not_block_them(
+    tmp_path: Path,
+) -> None:
+    """The good results wait in the line for the earlier rejected event; it must be
+    dead-lettered before the batch waits for them (it was the other way round)."""
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        return http(400, "bad row") if any(r["i"] == 0 for r in rows) else scores(rows)
+
+    route = settings(tmp_path, "failover")
+    events = batch(4)
+    parts, producer = await effectively_once_parts(route, ScriptedEndpoint(answer), events)
+    await asyncio.wait_for(parts.processor.process(events), timeout=10)
+    assert parts.dead_ids() == [events[0].received.message_id]
+    assert producer.sent == sorted(producer.sent)
+    assert len(producer.sent) == 3
+    assert len(parts.source.acked) == 4
+
+
+async def test_overload_never_makes_an_event_suspect(tmp_path: Path) -> None:
+    """429s for one batch while others succeed: held and retried, never dead-lettered."""
+    route = settings(tmp_path, "shared", failure={"attempts": 2, "max_redeliveries": 0})
+    parts = Parts(route)
+    refusals = iter(range(12))
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        if next(refusals, None) is not None:
+            parts.gate.success()  # the endpoint answers other batches meanwhile
+            return http(429, "slow down")
+        return scores(rows)
+
+    parts.endpoint.answer = answer
+    events = batch(3)
+    await parts.processor.process(events)
+    assert parts.dead.calls == []
+    assert len(parts.source.acked) == 3
+
+
+async def test_events_the_bridge_cannot_send_are_dead_lettered_at_once_not_a_storm(
+    tmp_path: Path,
+) -> None:
+    route = settings(
+        tmp_path,
+        "shared",
+        endpoint={"max_payload_bytes": 1024},
+        failure={"poison_storm_batches": 2},
+    )
+    parts = Parts(route)
+    batches = [batch(2, blob="x" * 2000) for _ in range(3)]
+    for events in batches:
+        await asyncio.wait_for(parts.processor.process(events), timeout=5)
+    assert len(parts.dead_ids()) == 6
+    assert not parts.gate.paused
+    assert parts.endpoint.requests == []
+
+
+async def test_a_probe_that_ends_in_an_unexpected_error_lets_the_next_one_go(
+    tmp_path: Path,
+) -> None:
+    parts = Parts(settings(tmp_path, "shared"))
+    parts.gate.pause("route", "HTTP 404")
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        raise RuntimeError("a bug in a hook")
+
+    parts.endpoint.answer = answer
+    with pytest.raises(RuntimeError):
+        await parts.processor.process(batch(1))
+    parts.endpoint.answer = scores
+    events = batch(2)
+    await asyncio.wait_for(parts.processor.process(events), timeout=5)
+    assert not parts.gate.paused, "the next probe went and resumed the route"
+    assert len(parts.source.acked) == 2
+
+
+async def test_a_200_that_does_not_line_up_does_not_resume_a_storm(tmp_path: Path) -> None:
+    parts = Parts(settings(tmp_path, "shared"))
+    parts.gate.pause("storm", "every event rejected")
+    calls = iter([[0.5], None])  # one prediction for two events, then a proper answer
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        wrong = next(calls, None)
+        if wrong is not None:
+            assert parts.gate.storm, "still paused when the unusable answer came"
+            return wrong
+        return scores(rows)
+
+    parts.endpoint.answer = answer
+    events = batch(2)
+    await asyncio.wait_for(parts.processor.process(events), timeout=5)
+    assert parts.dead.calls == []
+    assert len(parts.source.acked) == 2

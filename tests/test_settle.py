@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import cast
+
+import pytest
 
 from bridge.errors import BrokerError
 from bridge.observe import Metrics, RouteMetrics
@@ -103,3 +106,53 @@ def test_nack_skips_settled_events() -> None:
     s.nack([done, left])
     assert source.nacked == [left.received.message_id]
     assert metrics.nacked == 1
+
+
+class FlakySink(Sink):
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def publish(self, data: bytes, properties: dict[str, str], key: str | None) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise BrokerError("DLQ unavailable")
+        await super().publish(data, properties, key)
+
+
+async def test_an_effectively_once_dead_letter_is_sent_again_in_place_not_nacked() -> None:
+    source, sink = FakeSource(), FlakySink(failures=2)
+    ended: list[bool] = []
+    metrics = RouteMetrics(Metrics(), "fraud")
+    s = Settler(
+        "fraud",
+        cast(Source, source),
+        sink,
+        metrics,
+        on_end=lambda _r, nacked: ended.append(nacked),
+        persist_dead_letters=True,
+    )
+    event = FakeEvent()
+    await s.dead_letter(event, "HTTP 400: bad row")
+    assert len(sink.sent) == 1
+    assert source.acked == [event.received.message_id]
+    assert source.nacked == []
+    assert ended == [False]
+
+
+async def test_a_dead_letter_cancelled_on_its_way_is_handed_back() -> None:
+    source = FakeSource()
+    gate = asyncio.Event()
+
+    class Stuck(Sink):
+        async def publish(self, data: bytes, properties: dict[str, str], key: str | None) -> None:
+            await gate.wait()
+
+    s, _ = settler(source, Stuck())
+    event = FakeEvent()
+    task = asyncio.ensure_future(s.dead_letter(event, "HTTP 400: bad row"))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.nacked == [event.received.message_id]

@@ -35,3 +35,20 @@ async def test_during_a_storm_a_rejected_batch_is_storm_at_once() -> None:
 async def test_threshold_zero_turns_it_off() -> None:
     guard = StormGuard(0, window_s=10)
     assert await guard.verdict(storm_in_progress=True) is Verdict.POISON
+
+
+async def test_batches_rejected_one_after_the_other_are_a_storm_too() -> None:
+    """One ordered lane: the batches come one after another, never side by side."""
+    guard = StormGuard(3, window_s=0.01)
+    first = await guard.verdict(storm_in_progress=False)
+    second = await guard.verdict(storm_in_progress=False)
+    third = await guard.verdict(storm_in_progress=False)
+    assert [first, second, third] == [Verdict.POISON, Verdict.POISON, Verdict.STORM]
+
+
+async def test_a_scored_batch_breaks_the_streak() -> None:
+    guard = StormGuard(3, window_s=0.01)
+    await guard.verdict(storm_in_progress=False)
+    await guard.verdict(storm_in_progress=False)
+    guard.scored()
+    assert await guard.verdict(storm_in_progress=False) is Verdict.POISON
