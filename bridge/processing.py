@@ -122,6 +122,7 @@ class BatchProcessor:
 
     async def _settle_batch(self, batch: list[Event]) -> None:
         staged: list[Staged] = []  # effectively-once results, confirmed at the end
+        scored_at_storm: int | None = None  # the endpoint's successes when it was held
         while True:
             handed = {id(e) for pending, _ in staged for e, _ in pending}
             events = [e for e in batch if not e.settled and id(e) not in handed]
@@ -140,14 +141,18 @@ class BatchProcessor:
                 # storm's, not the events' fault. Score them again (they settle or, if
                 # rejected with no storm around, are dead-lettered then).
                 continue
-            if scoring.scored == 0 and len(rejected) == len(events):
+            scored_since = scored_at_storm is not None and self._gate.successes > scored_at_storm
+            if scoring.scored == 0 and len(rejected) == len(events) and not scored_since:
                 verdict = await unless_stopping(
                     self._storm.verdict(storm_in_progress=self._gate.storm), self._stopping
                 )
                 if verdict is Verdict.STORM:
                     reason = f"poison storm: every event of a batch rejected: {rejected[0][1]}"
                     self._gate.pause(STORM, reason)
-                    continue  # held: scored again once a probe succeeds
+                    # Held: scored again once a probe succeeds. Rejected whole again after
+                    # the endpoint scored other events, it was poison after all.
+                    scored_at_storm = self._gate.successes
+                    continue
             for event, reason in rejected:
                 await self._settler.dead_letter(event, reason)
             break

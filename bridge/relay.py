@@ -282,8 +282,10 @@ class Route:
     async def _may_take_events(self) -> bool:
         """While paused: wait for a change; True when intake may take one probe batch."""
         try:
-            if not self._tasks:
-                # Nothing in hand to probe with: take events once a probe is due.
+            if not self._tasks or self._gate.storm:
+                # Nothing in hand to probe with (or, in a storm, only batches the endpoint
+                # keeps rejecting, which may be poison after all): take events once a
+                # probe is due, so a batch the endpoint can score may end the pause.
                 await self._gate.wait_probe_due(self._stopping)
                 return True
             resumed = asyncio.ensure_future(self._gate.wait_resumed(self._stopping))

@@ -550,3 +550,24 @@ async def test_a_200_that_does_not_line_up_does_not_resume_a_storm(tmp_path: Pat
     await asyncio.wait_for(parts.processor.process(events), timeout=5)
     assert parts.dead.calls == []
     assert len(parts.source.acked) == 2
+
+
+async def test_poison_held_through_a_storm_is_dead_lettered_once_others_are_scored(
+    tmp_path: Path,
+) -> None:
+    """Three poison-only batches in a row look like a storm; once the endpoint scores a
+    good batch, the held ones rejected again are poison, not a reason to stay paused."""
+
+    def answer(rows: list[dict[str, Any]]) -> list[Any] | EndpointError:
+        return http(400, "bad row") if rows[0].get("bad") else scores(rows)
+
+    route = settings(tmp_path, "shared", failure={"poison_storm_batches": 3})
+    parts = Parts(route, endpoint=ScriptedEndpoint(answer))
+    poison = [batch(1, bad=True) for _ in range(3)]
+    held = [asyncio.ensure_future(parts.processor.process(b)) for b in poison]
+    await parts.endpoint.reached(lambda: parts.gate.storm)
+    good = batch(2)
+    await asyncio.wait_for(parts.processor.process(good), timeout=10)  # a new batch probes
+    await asyncio.wait_for(asyncio.gather(*held), timeout=10)
+    assert sorted(parts.dead_ids()) == sorted(b[0].received.message_id for b in poison)
+    assert not parts.gate.paused
