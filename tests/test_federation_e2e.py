@@ -168,7 +168,7 @@ def test_a_token_for_the_wrong_audience_fails_start_up_clearly(
 
     assert bridge.wait_exit(60) == 1
     failure = bridge.wait_for("start_failed")
-    assert "token endpoint refused: invalid_request" in failure["error"]
+    assert "token endpoint refused: HTTP 400 invalid_request" in failure["error"]
     assert "audience ['api://some-other-service']" in failure["error"]
     assert federated.counters.tokens_issued == 0
     assert_no_secret_in(bridge, federated, wrong)
