@@ -18,9 +18,13 @@ Why these rules:
 
 * Overload (429, 503, 504, a timeout) cuts the limit multiplicatively, at most once per
   round trip, so one burst of rejections from requests already in flight counts once.
+* It starts at the ceiling, as a fixed limit would: a healthy endpoint never waits for it
+  to grow, and an overloaded one is found by its first answers.
 * Success grows it by one per round trip's worth of successes, and only while the limit is
   what holds traffic back (no growth for an idle route) and latency per event is not rising.
-  Latency is taken per event, not per batch, so a bigger batch is not mistaken for queueing.
+  Latency is taken per event, not per batch, so a bigger batch is not mistaken for queueing;
+  and it counts as rising only when the round trip it adds is long enough to be queueing
+  (``min_queueing_s``), not the jitter of a millisecond answer.
 * An endpoint that sheds load with 429 instead of queueing gives no latency signal before
   it rejects, so the limit at which it last rejected is remembered, and growing to it (and
   each level above) is tried once per ``probe_interval_s``: one 429 per interval instead
@@ -75,12 +79,14 @@ class AdaptiveLimit:
         initial: int | None = None,
         backoff: float = 0.7,
         tolerance: float = 2.0,
+        min_queueing_s: float = 0.01,
         probe_interval_s: float = 5.0,
         clock: Clock = time.monotonic,
     ) -> None:
         self.min_limit = min_limit
         self.max_limit = max_limit
-        start = initial if initial is not None else min(max_limit, max(min_limit, 2))
+        start = initial if initial is not None else max_limit
+        self._min_queueing_s = min_queueing_s
         self._limit = float(start)
         self._backoff = backoff
         self._tolerance = tolerance
@@ -107,7 +113,9 @@ class AdaptiveLimit:
             return
         self._short += 0.3 * (sample - self._short)
         self._long += 0.02 * (sample - self._long)
-        if self._short > self._tolerance * self._long:
+        events = rtt_s / sample
+        queueing_s = (self._short - self._long) * events
+        if self._short > self._tolerance * self._long and queueing_s > self._min_queueing_s:
             # Latency per event rising: requests are queueing at the endpoint.
             self._cut(0.9)
             return
