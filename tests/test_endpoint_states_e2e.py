@@ -64,20 +64,21 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
 
     def phase(name: str, fault: dict[str, Any], seconds: float, kind: str | None) -> None:
         nonlocal published
-        pauses_before = len(bridge.events("route_paused"))
+        seen_before = len(bridge.lines)  # only what the bridge logs from here on counts
         state.faults.update(fault, now=state.clock())
         ends_at = time.monotonic() + seconds
         rows = [event(i) for i in range(published, published + PER_PHASE)]
         published += PER_PHASE
         publish(pulsar_client, topics.source, [json.dumps(r).encode() for r in rows])
         if kind is not None:
+            # wait_for scans every line logged so far: keep to this phase's own lines.
             paused = bridge.wait_for(
-                "route_paused", lambda _: len(bridge.events("route_paused")) > pauses_before
+                "route_paused",
+                lambda line: line["kind"] == kind and bridge.lines.index(line) >= seen_before,
             )
-            assert paused["kind"] == kind, f"{name}: paused as {paused['kind']}"
             resumed = bridge.wait_for(
                 "route_resumed",
-                lambda _: len(bridge.events("route_resumed")) > pauses_before,
+                lambda line: line["timestamp"] > paused["timestamp"],
                 timeout=seconds + 60,
             )
             recovery_s[name] = time.monotonic() - ends_at
