@@ -476,23 +476,15 @@ class PulsarConnection:
         nack_delay_ms: int,
         consumer_name: str | None = None,
     ) -> Source:
-        description = f"{','.join(source.topics)} (subscription {source.subscription})"
-        try:
-            consumer = await self._client.subscribe(
-                list(source.topics),
-                source.subscription,
-                consumer_type=_CONSUMER_TYPES[source.subscription_type],
-                initial_position=_POSITIONS[source.initial_position],
-                receiver_queue_size=source.receiver_queue_size,
-                negative_ack_redelivery_delay_ms=nack_delay_ms,
-                consumer_name=consumer_name,
-            )
-        except pulsar_asyncio.PulsarException as exc:
-            raise BrokerError(
-                f"cannot subscribe to {description} at {self.settings.service_url}: {exc}"
-                f"{_hint(exc, self.settings)}"
-            ) from exc
-        return Source(consumer, description)
+        return await self._subscribe(
+            list(source.topics),
+            source.subscription,
+            consumer_type=_CONSUMER_TYPES[source.subscription_type],
+            initial_position=_POSITIONS[source.initial_position],
+            receiver_queue_size=source.receiver_queue_size,
+            negative_ack_redelivery_delay_ms=nack_delay_ms,
+            consumer_name=consumer_name,
+        )
 
     async def publisher(
         self,
@@ -545,14 +537,21 @@ class PulsarConnection:
         cannot tell the topic's last message id), and Exclusive, so a second replay on
         the same subscription is refused instead of sharing it.
         """
-        description = f"{topic} (subscription {subscription})"
+        return await self._subscribe(
+            topic,
+            subscription,
+            consumer_type=pulsar.ConsumerType.Exclusive,
+            initial_position=pulsar.InitialPosition.Earliest,
+        )
+
+    async def _subscribe(
+        self, topics: str | list[str], subscription: str, **options: Any
+    ) -> Source:
+        """Subscribe; a refusal is a BrokerError naming the topics and a likely cause."""
+        names = topics if isinstance(topics, str) else ",".join(topics)
+        description = f"{names} (subscription {subscription})"
         try:
-            consumer = await self._client.subscribe(
-                topic,
-                subscription,
-                consumer_type=pulsar.ConsumerType.Exclusive,
-                initial_position=pulsar.InitialPosition.Earliest,
-            )
+            consumer = await self._client.subscribe(topics, subscription, **options)
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(
                 f"cannot subscribe to {description} at {self.settings.service_url}: {exc}"
