@@ -207,6 +207,20 @@ class EndpointLimiter:
         self._requests = None if requests_per_s is None else _bucket(requests_per_s, 1)
         self._events = None if events_per_s is None else _bucket(events_per_s, max_batch_events)
 
+    def try_acquire(self) -> Slot | None:
+        """A slot now, without waiting, or None when :meth:`acquire` would have to wait
+        (a pause, a full limit, or a rate budget to consult). The common case of a healthy
+        endpoint then costs no task and no wait (the hot path takes this first)."""
+        if (
+            self.in_flight >= self.limit.current
+            or self._requests is not None
+            or self._events is not None
+            or self.paused_until > self.clock()
+        ):
+            return None
+        self.in_flight += 1
+        return Slot(self, self.clock())
+
     async def acquire(self, events: int) -> Slot:
         """Wait for a slot (and any pause and rate budget); cancellable at every wait."""
         loop = asyncio.get_running_loop()

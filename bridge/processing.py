@@ -327,9 +327,17 @@ class BatchProcessor:
     async def _request(self, body: bytes, size: int, *, sample: bool) -> Invocation:
         """One HTTP request through the route's and the endpoint's limits."""
         queued = time.monotonic()
-        await unless_stopping(self._requests.acquire(), self._stopping)
+        if self._stopping.is_set():
+            raise ShutdownRequested("stopping")
+        # Waits watch for a stop; a free slot is taken at once, with no task to watch it.
+        if self._requests.locked():
+            await unless_stopping(self._requests.acquire(), self._stopping)
+        else:
+            await self._requests.acquire()
         try:
-            slot = await unless_stopping(self._limiter.acquire(size), self._stopping)
+            slot = self._limiter.try_acquire() or await unless_stopping(
+                self._limiter.acquire(size), self._stopping
+            )
             self._metrics.queued(time.monotonic() - queued)
             try:
                 invocation = await self._correlation.invoke(self._serving, body)

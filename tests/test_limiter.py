@@ -145,6 +145,37 @@ async def test_a_waiting_acquire_can_be_cancelled_without_leaking_a_slot() -> No
     assert limiter.in_flight == 0
 
 
+def test_try_acquire_takes_a_free_slot_without_waiting() -> None:
+    clock = FakeClock()
+    limiter = EndpointLimiter("m", FixedLimit(2), clock=clock)
+    first, second = limiter.try_acquire(), limiter.try_acquire()
+    assert first is not None
+    assert second is not None
+    assert limiter.try_acquire() is None, "the limit is full: acquire() must wait"
+    first.ignore()
+    third = limiter.try_acquire()
+    assert third is not None
+    assert limiter.in_flight == 2
+    second.ignore()
+    third.ignore()
+    assert limiter.in_flight == 0
+
+
+def test_try_acquire_leaves_pauses_and_rate_caps_to_acquire() -> None:
+    clock = FakeClock()
+    paused = EndpointLimiter("m", FixedLimit(4), clock=clock)
+    paused.pause(1.0)
+    assert paused.try_acquire() is None
+    clock.advance(1.0)
+    slot = paused.try_acquire()
+    assert slot is not None, "the pause is over"
+    slot.ignore()
+    capped = EndpointLimiter("m", FixedLimit(4), requests_per_s=100.0, clock=clock)
+    assert capped.try_acquire() is None, "a rate budget is consulted by acquire() alone"
+    assert capped.in_flight == 0
+    assert paused.in_flight == 0
+
+
 async def test_adaptive_limit_changes_are_reported() -> None:
     seen: list[int] = []
     limiter = EndpointLimiter(
