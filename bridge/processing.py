@@ -335,9 +335,9 @@ class BatchProcessor:
         else:
             await self._requests.acquire()
         try:
-            slot = self._limiter.try_acquire() or await unless_stopping(
-                self._limiter.acquire(size), self._stopping
-            )
+            slot = self._limiter.try_acquire()
+            if slot is None:
+                slot = await unless_stopping(self._limiter.acquire(size), self._stopping)
             self._metrics.queued(time.monotonic() - queued)
             try:
                 invocation = await self._correlation.invoke(self._serving, body)
