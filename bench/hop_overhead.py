@@ -49,7 +49,8 @@ from bridge.gate import RouteGate
 from bridge.limiter import EndpointLimiter, FixedLimit
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import BatchProcessor
-from bridge.pulsar_io import Publisher, Received, Source
+from bridge.pulsar_publish import Publisher
+from bridge.pulsar_source import Received, Source
 from bridge.serving import Invocation, ServingClient
 from bridge.settle import Settler
 from bridge.storm import StormGuard

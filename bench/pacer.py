@@ -5,7 +5,7 @@ reader can compute publish -> result latency. Sends are scheduled against the st
 (catching up after a late wake-up rather than drifting), in bursts of at most 1 ms worth.
 The producer batches with a 1 ms delay: that adds at most 1 ms to every measured latency
 and keeps the producer's own CPU low, as does keeping a Python thread state on the
-client's I/O thread for the send callbacks (:class:`bridge.pulsar_io.CallbackThreads`):
+client's I/O thread for the send callbacks (:class:`bridge.pulsar_publish.CallbackThreads`):
 at half the bridge's rate this process otherwise took 0.4 of the machine's two cores from
 the process being measured. Prints ``ready`` once connected and ``done``.
 """
@@ -20,7 +20,7 @@ import pulsar
 
 from bench.payload import batching_producer, client, event_bytes
 from bench.procs import emit, linger
-from bridge.pulsar_io import CallbackThreads
+from bridge.pulsar_publish import CallbackThreads
 
 
 def pace(producer: Any, rate: float, count: int) -> float:

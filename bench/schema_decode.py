@@ -29,7 +29,7 @@ from google.protobuf import descriptor_pb2
 
 from bench.payload import event_bytes
 from bridge.events import Event, decode
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.route_schemas import _event_decoder
 from bridge.schema_protobuf import ProtobufRecord
 from bridge.schemas import AvroRecord

@@ -42,7 +42,8 @@ import httpx
 import structlog
 
 from bridge.errors import BridgeError, BrokerError
-from bridge.pulsar_io import OutgoingMessage, Position, Received
+from bridge.pulsar_publish import OutgoingMessage
+from bridge.pulsar_source import Position, Received
 from bridge.topics import parse as parse_topic
 
 log = structlog.get_logger("bridge.effectively_once")
@@ -77,7 +78,7 @@ def sequence_id(position: Position) -> int:
 
 
 class SequencedPublisher(Protocol):
-    """A result producer that sends with explicit sequence ids (pulsar_io.Publisher)."""
+    """A result producer that sends with explicit sequence ids (pulsar_publish.Publisher)."""
 
     @property
     def last_sequence_id(self) -> int: ...

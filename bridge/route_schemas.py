@@ -31,7 +31,8 @@ from bridge import topics
 from bridge.config import RouteSettings
 from bridge.errors import BrokerError, SchemaError
 from bridge.events import BadEvent, Event, decode, result_message
-from bridge.pulsar_io import PulsarConnection, Received
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_source import Received
 from bridge.result_schema import ResultEncoder, derive
 from bridge.schema_config import from_topic_schema, load_source_schema
 from bridge.schema_protobuf import ProtobufRecord

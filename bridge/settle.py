@@ -23,7 +23,7 @@ import structlog
 from bridge.errors import BrokerError
 from bridge.events import dead_letter_message
 from bridge.observe import RouteMetrics
-from bridge.pulsar_io import Received, Source
+from bridge.pulsar_source import Received, Source
 from bridge.redaction import Redactor
 
 log = structlog.get_logger("bridge.settle")

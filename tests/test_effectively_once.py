@@ -17,7 +17,8 @@ from bridge.effectively_once import (
     sequence_id,
 )
 from bridge.errors import BrokerError
-from bridge.pulsar_io import OutgoingMessage, Position, Received
+from bridge.pulsar_publish import OutgoingMessage
+from bridge.pulsar_source import Position, Received
 
 
 def test_sequence_ids_increase_with_the_source_position() -> None:

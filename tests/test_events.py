@@ -17,7 +17,7 @@ from bridge.formats import (
     prediction_problem,
     read_json,
 )
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 
 FORMATS: tuple[RequestFormat, ...] = get_args(RequestFormat)
 

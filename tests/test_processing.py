@@ -22,7 +22,8 @@ from bridge.gate import RouteGate
 from bridge.limiter import EndpointLimiter, FixedLimit
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import BatchProcessor
-from bridge.pulsar_io import OutgoingMessage, Position, Publisher, Received, Source
+from bridge.pulsar_publish import OutgoingMessage, Publisher
+from bridge.pulsar_source import Position, Received, Source
 from bridge.serving import Invocation, ServingClient
 from bridge.settle import Settler
 from bridge.storm import StormGuard

@@ -15,7 +15,8 @@ import pytest
 
 from bridge.config import PulsarSettings
 from bridge.errors import BrokerError, ResultRejected
-from bridge.pulsar_io import CONFIRM_EACH_ABOVE_BYTES, PulsarConnection
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_publish import CONFIRM_EACH_ABOVE_BYTES
 from tests.conftest import APACHE_ONLY, Broker
 from tests.support.harness import unique_topic
 

@@ -35,7 +35,7 @@ from bridge.events import dead_letter_message
 from bridge.gate import Pause
 from bridge.health import EndpointReadiness, EndpointStateProbe, HealthServer
 from bridge.observe import Metrics, RouteMetrics, log_pipeline
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.redaction import REDACTED, Redactor, scrub
 from bridge.secrets import Secret
 from bridge.serving import ServingClient

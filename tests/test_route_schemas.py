@@ -11,7 +11,8 @@ import pytest
 from bridge.config import RouteSettings
 from bridge.errors import BrokerError, SchemaError
 from bridge.events import BadEvent
-from bridge.pulsar_io import PulsarConnection, Received
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_source import Received
 from bridge.route_schemas import LOOKUP_RETRY_S, RouteSchemas, SchemaUnavailable
 from bridge.schemas import TopicSchema
 from tests.support.clock import FakeClock

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from bridge.events import Event
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.result_schema import ResultDoesNotFit, ResultEncoder, derive, record_name
 from bridge.schema_config import from_topic_schema, read_schema_file, source_schema_file
 from bridge.schema_protobuf import ProtobufRecord

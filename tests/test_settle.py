@@ -10,7 +10,7 @@ import pytest
 
 from bridge.errors import BrokerError
 from bridge.observe import Metrics, RouteMetrics
-from bridge.pulsar_io import Received, Source
+from bridge.pulsar_source import Received, Source
 from bridge.settle import Settler
 
 _ids = itertools.count()

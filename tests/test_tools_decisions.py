@@ -11,7 +11,7 @@ import pytest
 
 from bridge.client_log import parse_line as parse_client_line
 from bridge.events import dead_letter_message
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.tools.dead_letters import (
     BATCHED_WITH_OTHERS,
     DEAD_LETTER_PROPERTIES,

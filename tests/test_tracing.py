@@ -19,7 +19,7 @@ from bridge import tracing
 from bridge.config import EndpointSettings, RouteSettings, TracingSettings, load_config
 from bridge.errors import EndpointError, ShutdownRequested
 from bridge.events import Event
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.tracing import RouteTracing, context_of
 from tests.support.harness import Topics, route_config, write_config
 

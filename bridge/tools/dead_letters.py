@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 
 # What bridge.events.dead_letter_message adds to an event's own properties: dropped on
 # the way back, so a replayed event looks as it did before it failed.

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from bridge.config import Config, RouteSettings
-from bridge.pulsar_io import Position, Publisher, PulsarConnection, Received, Source
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_publish import Publisher
+from bridge.pulsar_source import Position, Received, Source
 from bridge.tools import count
 from bridge.tools.dead_letters import Selection, judge, parse_rate, parse_time, replay_properties
 

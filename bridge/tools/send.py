@@ -19,7 +19,8 @@ from typing import IO
 import orjson
 
 from bridge.config import Config
-from bridge.pulsar_io import OutgoingMessage, Publisher, PulsarConnection
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_publish import OutgoingMessage, Publisher
 
 # Messages handed to the producer at once; each chunk is confirmed before the next.
 CHUNK = 1000

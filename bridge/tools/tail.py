@@ -26,7 +26,8 @@ import orjson
 
 from bridge.config import Config
 from bridge.errors import BrokerError
-from bridge.pulsar_io import Position, PulsarConnection, Received, TopicReader
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_source import Position, Received, TopicReader
 from bridge.schema_config import from_topic_schema
 from bridge.schema_protobuf import ProtobufRecord
 from bridge.schema_registry import SchemaRegistry, registry_for
