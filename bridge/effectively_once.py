@@ -98,6 +98,19 @@ class _Slot:
     stored: asyncio.Future[BrokerError | None] | None = None
 
 
+def _track(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], **context: str) -> None:
+    """Keep ``task`` referenced until it ends (the loop holds tasks weakly) and log what
+    it raised (an exception nobody awaits is otherwise only reported when collected)."""
+    tasks.add(task)
+
+    def done(finished: asyncio.Task[None]) -> None:
+        tasks.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            log.error("effectively_once_task_failed", error=repr(finished.exception()), **context)
+
+    task.add_done_callback(done)
+
+
 @dataclass
 class PartitionLine:
     """The reorder buffer of one source partition, in front of its result producer."""
@@ -107,7 +120,9 @@ class PartitionLine:
     slots: dict[int, _Slot] = field(default_factory=dict)
     halted_at: int | None = None
     on_idle: Callable[[PartitionLine], None] | None = None
+    partition: str = ""  # the source partition, for log lines
     _sending: bool = False
+    _senders: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def idle(self) -> bool:
@@ -179,38 +194,62 @@ class PartitionLine:
     def _pump(self) -> None:
         if not self._sending:
             self._sending = True
-            asyncio.get_running_loop().create_task(self._send_ready())
+            task = asyncio.get_running_loop().create_task(self._send_ready())
+            _track(self._senders, task, source_partition=self.partition)
+
+    async def close(self) -> None:
+        """Stop sending (what waits fails like an unconfirmed send), close the producer."""
+        for task in self._senders:
+            task.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
+        with contextlib.suppress(BrokerError):
+            await self.publisher.close()
+
+    def _fail_handed_in(self, reason: str) -> None:
+        for slot in self.slots.values():
+            if slot.stored is not None and not slot.stored.done():
+                slot.message = None  # sent again only when handed in again
+                slot.stored.set_result(BrokerError(reason))
 
     async def _send_ready(self) -> None:
-        """Send ready prefixes, one at a time (so ids reach the producer in order)."""
         try:
-            while True:
-                prefix = self._ready_prefix()
-                if not prefix:
-                    return
-                for seq in [s for s in prefix if self.slots[s].ended]:
-                    self._drop(seq)
-                sending = [s for s in prefix if s in self.slots]
-                if not sending:
-                    continue
-                messages = [self.slots[s].message for s in sending]
-                outcomes = await self.publisher.publish_all(
-                    [m for m in messages if m is not None], sending
-                )
-                for seq, outcome in zip(sending, outcomes, strict=True):
-                    slot = self.slots.get(seq)
-                    if slot is None or slot.stored is None:
-                        continue
-                    if outcome is None:
-                        self._drop(seq)
-                    else:
-                        slot.message = None  # sent again only when handed in again
-                    if not slot.stored.done():
-                        slot.stored.set_result(outcome)
-                if any(outcome is not None for outcome in outcomes):
-                    return  # the processor retries in place and hands the results in again
+            await self._send_prefixes()
+        except BaseException as exc:
+            # A producer raising instead of answering, a bug, or the line closing: the
+            # results handed in must not wait forever. They fail like a send the broker did
+            # not confirm, so the processor hands them in again (or hands them back at a stop).
+            self._fail_handed_in(f"sending results failed: {exc!r}")
+            raise
         finally:
             self._sending = False
+
+    async def _send_prefixes(self) -> None:
+        """Send ready prefixes, one at a time (so ids reach the producer in order)."""
+        while True:
+            prefix = self._ready_prefix()
+            if not prefix:
+                return
+            for seq in [s for s in prefix if self.slots[s].ended]:
+                self._drop(seq)
+            sending = [s for s in prefix if s in self.slots]
+            if not sending:
+                continue
+            messages = [self.slots[s].message for s in sending]
+            outcomes = await self.publisher.publish_all(
+                [m for m in messages if m is not None], sending
+            )
+            for seq, outcome in zip(sending, outcomes, strict=True):
+                slot = self.slots.get(seq)
+                if slot is None or slot.stored is None:
+                    continue
+                if outcome is None:
+                    self._drop(seq)
+                else:
+                    slot.message = None  # sent again only when handed in again
+                if not slot.stored.done():
+                    slot.stored.set_result(outcome)
+            if any(outcome is not None for outcome in outcomes):
+                return  # the processor retries in place and hands the results in again
 
 
 class EffectivelyOnce:
@@ -274,7 +313,9 @@ class EffectivelyOnce:
             publisher = await self._open_busy(self.producer_name(topic))
         finally:
             self._opening.pop(topic, None)
-        line = PartitionLine(publisher, on_idle=lambda line: self._idle_soon(topic, line))
+        line = PartitionLine(
+            publisher, on_idle=lambda line: self._idle_soon(topic, line), partition=topic
+        )
         self._lines[topic] = line
         log.info(
             "result_producer_opened",
@@ -313,18 +354,20 @@ class EffectivelyOnce:
             return
         # Let go of the name, so whoever owns the partition next can open it.
         del self._lines[topic]
-        task = asyncio.get_running_loop().create_task(self._close_line(line))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close_line(self, line: PartitionLine) -> None:
-        with contextlib.suppress(BrokerError):
-            await line.publisher.close()
+        task = asyncio.get_running_loop().create_task(line.close())
+        _track(self._closing, task, route=self._route, source_partition=topic)
 
     async def close(self) -> None:
         """Close every line's producer (the route is stopping)."""
+        # A producer still being opened (retrying ProducerBusy) would otherwise keep trying
+        # after the route closed, and open a producer nobody closes.
+        opening = list(self._opening.values())
+        for future in opening:
+            future.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
         lines, self._lines = list(self._lines.values()), {}
-        await asyncio.gather(*(self._close_line(line) for line in lines), *self._closing)
+        await asyncio.gather(*(line.close() for line in lines))
+        await asyncio.gather(*self._closing, return_exceptions=True)  # failures are logged
 
 
 class DeduplicationOff(BridgeError):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import cast
 
 import pytest
+from structlog.testing import capture_logs
 
 from bridge.effectively_once import (
     EffectivelyOnce,
@@ -202,3 +203,80 @@ async def test_an_idle_line_lets_go_of_its_producer_and_reopens_on_demand(
     await asyncio.wait_for(closed.wait(), timeout=5)
     assert await eo.admit(cast(Received, FakeReceived(2))) == "new"
     assert len(opened) == 2, "opened again for the next event"
+
+
+class RaisingProducer(ScriptedProducer):
+    """Raises from its first send instead of answering with outcomes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raise_next = True
+
+    async def publish_all(
+        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
+    ) -> list[BrokerError | None]:
+        if self.raise_next:
+            self.raise_next = False
+            raise RuntimeError("client bug")
+        return await super().publish_all(messages, sequence_ids)
+
+
+async def test_a_sender_that_raises_fails_its_results_like_a_send_and_is_logged() -> None:
+    producer = RaisingProducer()
+    line = line_with(producer, range(2))
+    with capture_logs() as logs:
+        first = await asyncio.gather(line.result(seq(0), msg(0)), line.result(seq(1), msg(1)))
+        await asyncio.sleep(0)  # the sender's done callback
+    assert all(isinstance(o, BrokerError) and "client bug" in str(o) for o in first)
+    assert [e["event"] for e in logs] == ["effectively_once_task_failed"]
+    again = await asyncio.gather(line.result(seq(0), msg(0)), line.result(seq(1), msg(1)))
+    assert list(again) == [None, None], "handed in again: sent again"
+
+
+class ClosableProducer(ScriptedProducer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+        self.cancelled = False
+
+    async def publish_all(
+        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
+    ) -> list[BrokerError | None]:
+        try:
+            return await super().publish_all(messages, sequence_ids)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_closing_a_line_cancels_its_send_and_fails_what_waits() -> None:
+    producer = ClosableProducer()
+    producer.release.clear()  # the send never answers
+    line = line_with(producer, range(1))
+    stored = line.result(seq(0), msg(0))
+    await asyncio.sleep(0)
+    assert producer.sent == [[seq(0)]]
+    await line.close()
+    assert producer.cancelled
+    assert producer.closed
+    outcome = await stored
+    assert isinstance(outcome, BrokerError)
+    assert "CancelledError" in str(outcome)
+
+
+async def test_closing_stops_a_producer_still_being_opened() -> None:
+    attempts = asyncio.Event()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        attempts.set()
+        raise BrokerError("cannot create a producer: ProducerBusy: already connected")
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    admitting = asyncio.ensure_future(eo.admit(cast(Received, FakeReceived(1))))
+    await attempts.wait()
+    await eo.close()
+    with pytest.raises(asyncio.CancelledError):
+        await admitting
