@@ -247,7 +247,10 @@ class Route:
         if self._eo is not None:
             messages = await self._admit(messages)
         self.metrics.consumed(len(messages))  # once per turn, not per event
-        await self._schemas.prepare(messages)  # writer schemas of versions new to the route
+        # Writer schemas of versions new to the route; effectively-once waits for the
+        # registry in place (a nack would halt the partition's line: see prepare).
+        hold = self._stopping if self._eo is not None else None
+        await self._schemas.prepare(messages, hold=hold)
         for message in messages:
             for lane, batch in self._intake(message, lanes):
                 await self._dispatch(lane, batch)
@@ -305,7 +308,8 @@ class Route:
         try:
             event = self._schemas.decode(received)
         except SchemaUnavailable:
-            # Its writer schema cannot be looked up now: nobody's fault, so handed back.
+            # Its writer schema cannot be looked up now: nobody's fault, so handed back
+            # (effectively-once: only when stopping, since prepare held it until then).
             self._processor_nack([Event(received, {})])
             return []
         except BadEvent as exc:

@@ -7,7 +7,8 @@ the writer schema of any version a message names that the route has not seen, so
 producer schema mid-stream is decoded without a restart; ``result_message`` builds
 results in the result topic's schema. A schema version the registry cannot be asked about
 right now is nobody's fault: its events are handed back (:class:`SchemaUnavailable`) and
-the lookup is tried again after ``LOOKUP_RETRY_S``.
+the lookup is tried again after ``LOOKUP_RETRY_S``; on an effectively-once route, where a
+nack would halt the partition's line, ``prepare`` holds them in place instead (``hold``).
 
 How a version decodes:
 
@@ -21,6 +22,7 @@ How a version decodes:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +31,7 @@ import structlog
 
 from bridge import topics
 from bridge.config import RouteSettings
-from bridge.errors import BrokerError, SchemaError
+from bridge.errors import BrokerError, SchemaError, ShutdownRequested
 from bridge.events import BadEvent, Event, decode, result_message
 from bridge.pulsar_io import PulsarConnection
 from bridge.pulsar_source import Received
@@ -45,6 +47,7 @@ from bridge.schemas import (
     TopicSchema,
     Undecodable,
 )
+from bridge.stopping import sleep_unless_stopping
 
 log = structlog.get_logger("bridge.schemas")
 
@@ -82,10 +85,26 @@ class RouteSchemas:
         schema = self._result.topic_schema
         return schema.type, schema.definition
 
-    async def prepare(self, messages: Sequence[Received]) -> None:
-        """Fetch the writer schemas of versions in ``messages`` not seen before."""
+    async def prepare(
+        self, messages: Sequence[Received], *, hold: asyncio.Event | None = None
+    ) -> None:
+        """Fetch the writer schemas of versions in ``messages`` not seen before.
+
+        With ``hold`` (the route's stop event), a version the registry cannot answer about
+        is asked again every ``LOOKUP_RETRY_S`` until it answers or ``hold`` is set, so
+        the messages wait in place instead of being handed back. An effectively-once route
+        needs that: a nack halts the partition's line (nothing later may be stored before
+        the nacked event), and its redelivery needs a batch slot that the later batches,
+        waiting in the line for it, may all hold. Holding the intake keeps source order.
+        """
         if self._source is not None:
             await self._source.prepare(messages)
+            while hold is not None and not hold.is_set() and self._source.unknown(messages):
+                try:
+                    await sleep_unless_stopping(LOOKUP_RETRY_S, hold)
+                except ShutdownRequested:
+                    return  # stopping: decode hands them back
+                await self._source.prepare(messages, now=True)
 
     @classmethod
     async def open(
@@ -207,18 +226,18 @@ class TypedSource:
             raise SchemaUnavailable(f"schema version {version} of {base} not known yet")
         return decoder(received)
 
-    async def prepare(self, messages: Sequence[Received]) -> None:
-        if not self._versioned:
-            return
-        wanted: set[tuple[str, int]] = set()
-        for received in messages:
-            version = received.schema_version
-            if version >= 0:
-                key = (self._base(received.topic), version)
-                if key not in self._decoders and key not in wanted and self._may_ask(key):
-                    wanted.add(key)
+    async def prepare(self, messages: Sequence[Received], *, now: bool = False) -> None:
+        """Look up versions new to the route (``now``: also those that failed lately)."""
+        wanted = {key for key in self.unknown(messages) if now or self._may_ask(key)}
         for key in sorted(wanted):
             await self._look_up(*key)
+
+    def unknown(self, messages: Sequence[Received]) -> set[tuple[str, int]]:
+        """(topic, version) of ``messages`` with no decoder yet."""
+        if not self._versioned:
+            return set()
+        keys = {(self._base(r.topic), r.schema_version) for r in messages if r.schema_version >= 0}
+        return keys - self._decoders.keys()
 
     def _may_ask(self, key: tuple[str, int]) -> bool:
         failed = self._failed_at.get(key)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -146,6 +148,69 @@ async def test_a_registry_that_cannot_answer_hands_events_back_and_is_asked_late
     clock.advance(LOOKUP_RETRY_S)
     await schemas.prepare([message])
     assert schemas.decode(message).row["country"] == "DE"
+
+
+class FlakyRegistry(FakeRegistry):
+    """Cannot answer about a version ``failures`` times (None: ever); ``on_failure`` is
+    told each failure's count."""
+
+    def __init__(
+        self,
+        *versions: TopicSchema,
+        failures: int | None,
+        on_failure: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        super().__init__(*versions)
+        self.failures, self.failed, self.on_failure = failures, 0, on_failure
+
+    async def fetch(self, topic: str, version: int | None = None) -> TopicSchema | None:
+        self.down = version is not None and (self.failures is None or self.failed < self.failures)
+        if self.down:
+            self.failed += 1
+            self.on_failure(self.failed)
+        return await super().fetch(topic, version)
+
+    @property
+    def versions_asked(self) -> list[int]:
+        return [version for _, version in self.asked if version is not None]
+
+
+def tx_v2_message() -> Received:
+    return received(avro_bytes(TX_V2, {"id": "b", "amount": 2.0, "country": "DE"}), 1)
+
+
+async def test_a_hold_waits_in_place_until_the_registry_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Effectively-once: handing the event back would halt its partition's line.
+    monkeypatch.setattr("bridge.route_schemas.LOOKUP_RETRY_S", 0.0)
+    registry = FlakyRegistry(avro(TX_V1, 0), avro(TX_V2, 1), failures=3)
+    schemas = await opened(route(tmp_path, {"schema": "auto"}), registry)
+    message = tx_v2_message()
+    await schemas.prepare([message], hold=asyncio.Event())
+    assert registry.versions_asked == [1, 1, 1, 1], "asked again until it answered"
+    assert schemas.decode(message).row["country"] == "DE"
+
+
+async def test_a_stop_ends_the_hold_and_the_event_is_handed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bridge.route_schemas.LOOKUP_RETRY_S", 0.0)
+    stopping = asyncio.Event()
+
+    def stop_at_second_failure(count: int) -> None:
+        if count == 2:
+            stopping.set()
+
+    registry = FlakyRegistry(
+        avro(TX_V1, 0), avro(TX_V2, 1), failures=None, on_failure=stop_at_second_failure
+    )
+    schemas = await opened(route(tmp_path, {"schema": "auto"}), registry)
+    message = tx_v2_message()
+    await schemas.prepare([message], hold=stopping)
+    assert registry.versions_asked == [1, 1], "no lookup after the stop"
+    with pytest.raises(SchemaUnavailable):
+        schemas.decode(message)
 
 
 async def test_json_schema_sources_check_required_fields(tmp_path: Path) -> None:
