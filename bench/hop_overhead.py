@@ -41,7 +41,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 
 from bench.payload import event_bytes
-from bridge.config import RouteSettings, load_config
+from bridge.config import load_config
+from bridge.config_route import RouteSettings
 from bridge.correlation import Correlation
 from bridge.errors import BrokerError
 from bridge.events import Event, decode

@@ -26,14 +26,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from bridge import config_rules
-from bridge.config import (
-    BridgeSettings,
-    Config,
-    ConfigReport,
-    RouteSettings,
-    SecretField,
-    WorkspaceSettings,
-)
+from bridge.config import Config, ConfigReport
+from bridge.config_bridge import BridgeSettings, WorkspaceSettings
+from bridge.config_route import RouteSettings
+from bridge.config_section import SecretField
 from bridge.errors import ConfigProblem
 from bridge.redaction import Redactor
 from bridge.secrets import Secret

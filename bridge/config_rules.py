@@ -31,7 +31,7 @@ from bridge.redaction import REDACTED, suspicious_reference
 from bridge.secrets import Secret
 
 if TYPE_CHECKING:
-    from bridge.config import WorkspaceSettings
+    from bridge.config_bridge import WorkspaceSettings
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from bridge.config import Config, WorkspaceSettings
+from bridge.config import Config
+from bridge.config_bridge import WorkspaceSettings
 from bridge.errors import AuthError, BridgeError, SecretError
 from bridge.identity import WorkspaceAuth, build_workspace_auth
 from bridge.observe import log_pipeline

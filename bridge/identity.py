@@ -1,6 +1,6 @@
 """Which credentials a route's endpoint calls use: one httpx.Auth per workspace.
 
-Maps a :class:`~bridge.config.WorkspaceSettings` to a token source (OAuth M2M, OIDC
+Maps a :class:`~bridge.config_bridge.WorkspaceSettings` to a token source (OAuth M2M, OIDC
 federation, a PAT, or none) wrapped in a shared :class:`~bridge.auth.TokenCache`, so routes
 on the same workspace share one token and one refresh.
 """
@@ -26,7 +26,9 @@ from bridge.auth import (
     TokenCache,
     TokenSource,
 )
-from bridge.config import Config, RouteSettings, WorkspaceSettings
+from bridge.config import Config
+from bridge.config_bridge import WorkspaceSettings
+from bridge.config_route import RouteSettings
 from bridge.errors import AuthError, ConfigError, ConfigProblem, SecretError
 from bridge.sdk_auth import DatabricksSdkTokenSource
 from bridge.secrets import Secret

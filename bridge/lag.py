@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import PulsarSettings, PulsarTokenAuth
+from bridge.config_bridge import PulsarSettings, PulsarTokenAuth
 from bridge.errors import SecretError
 
 

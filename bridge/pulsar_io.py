@@ -19,7 +19,8 @@ import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
 
-from bridge.config import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth, SourceSettings
+from bridge.config_bridge import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth
+from bridge.config_route import SourceSettings
 from bridge.errors import BrokerError
 
 # OutgoingMessage, Publisher, Received and Source are also re-exported: bridge.relay,

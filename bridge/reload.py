@@ -15,7 +15,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.config import Config, EndpointSettings, RouteSettings, WorkspaceSettings
+from bridge.config import Config
+from bridge.config_bridge import WorkspaceSettings
+from bridge.config_route import EndpointSettings, RouteSettings
 from bridge.identity import invocation_url
 
 EndpointKey = tuple[str, str | None]

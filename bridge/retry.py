@@ -24,7 +24,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from bridge.config import FailureSettings
+from bridge.config_route import FailureSettings
 from bridge.errors import EndpointError, ResponseShapeError
 
 T = TypeVar("T")

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from bridge import topics
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.errors import BrokerError, SchemaError, ShutdownRequested
 from bridge.events import BadEvent, Event, decode, result_message
 from bridge.pulsar_io import PulsarConnection

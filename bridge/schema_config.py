@@ -28,7 +28,7 @@ from bridge.schemas import (
 )
 
 if TYPE_CHECKING:
-    from bridge.config import SourceSettings
+    from bridge.config_route import SourceSettings
 
 FILE_KINDS: Mapping[str, str] = {
     "avro": "an Avro schema (.avsc)",

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from bridge import topics
-from bridge.config import PulsarSettings, PulsarTokenAuth
+from bridge.config_bridge import PulsarSettings, PulsarTokenAuth
 from bridge.errors import BrokerError, SchemaError
 from bridge.pulsar_io import PulsarConnection
 from bridge.schemas import TopicSchema

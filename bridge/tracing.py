@@ -32,7 +32,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from bridge.errors import EndpointError, ShutdownRequested
 
 if TYPE_CHECKING:
-    from bridge.config import RouteSettings, TracingSettings
+    from bridge.config_bridge import TracingSettings
+    from bridge.config_route import RouteSettings
     from bridge.events import Event
 
 TRACEPARENT, TRACESTATE = "traceparent", "tracestate"

@@ -1114,7 +1114,7 @@ def test_retry_statuses_beyond_the_defaults_are_accepted(tmp_path: Path) -> None
 
 def test_event_error_statuses_match_what_the_batch_processor_splits_on() -> None:
     from bridge import retry
-    from bridge.config import EVENT_ERROR_STATUSES
+    from bridge.config_route import EVENT_ERROR_STATUSES
 
     assert retry.EVENT_ERROR_STATUSES == EVENT_ERROR_STATUSES
 

@@ -15,7 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bridge.config import RouteSettings, load_config
+from bridge.config import load_config
+from bridge.config_route import RouteSettings
 from bridge.correlation import Correlation, with_client_request_id
 from bridge.errors import AuthError, BrokerError, EndpointError
 from bridge.events import Event

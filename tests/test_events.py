@@ -7,7 +7,7 @@ from typing import Any, cast, get_args
 import orjson
 import pytest
 
-from bridge.config import RequestFormat
+from bridge.config_route import RequestFormat
 from bridge.events import BadEvent, Event, decode, result_message
 from bridge.formats import (
     MAX_EVENT_DEPTH,

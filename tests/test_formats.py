@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from bridge.config import RequestFormat
+from bridge.config_route import RequestFormat
 from bridge.errors import EndpointError, ResponseShapeError
 from bridge.formats import build_body, predictions_of
 

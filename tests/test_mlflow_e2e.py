@@ -26,7 +26,8 @@ import pandas as pd
 import pulsar
 import pytest
 
-from bridge.config import RequestFormat, load_config
+from bridge.config import load_config
+from bridge.config_route import RequestFormat
 from bridge.emulator import EmulatorServer, build_state
 from bridge.emulator.mlflow_model import json_ready, model_name
 from bridge.formats import build_body

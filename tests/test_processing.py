@@ -14,7 +14,8 @@ import orjson
 import pytest
 import structlog.testing
 
-from bridge.config import RouteSettings, load_config
+from bridge.config import load_config
+from bridge.config_route import RouteSettings
 from bridge.effectively_once import EffectivelyOnce, SequencedPublisher
 from bridge.errors import BrokerError, EndpointError
 from bridge.events import Event

@@ -13,7 +13,7 @@ import httpx
 import pulsar
 import pytest
 
-from bridge.config import PulsarSettings
+from bridge.config_bridge import PulsarSettings
 from bridge.errors import BrokerError, ResultRejected
 from bridge.pulsar_io import PulsarConnection
 from bridge.pulsar_publish import CONFIRM_EACH_ABOVE_BYTES

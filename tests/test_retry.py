@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bridge.config import FailureSettings
+from bridge.config_route import FailureSettings
 from bridge.errors import EndpointError, ResponseShapeError
 from bridge.retry import Failure, RetryPolicy, classify, is_retriable
 

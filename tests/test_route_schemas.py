@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import pytest
 
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.errors import BrokerError, SchemaError
 from bridge.events import BadEvent
 from bridge.pulsar_io import PulsarConnection

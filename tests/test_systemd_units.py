@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.config import DaemonSettings
+from bridge.config_bridge import DaemonSettings
 from bridge.secrets import Secret
 from tests.support.ci import missing
 

@@ -16,7 +16,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from bridge import tracing
-from bridge.config import EndpointSettings, RouteSettings, TracingSettings, load_config
+from bridge.config import load_config
+from bridge.config_bridge import TracingSettings
+from bridge.config_route import EndpointSettings, RouteSettings
 from bridge.errors import EndpointError, ShutdownRequested
 from bridge.events import Event
 from bridge.pulsar_source import Received

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
-from bridge.config import Config, RouteSettings
+from bridge.config import Config
+from bridge.config_route import RouteSettings
 from bridge.pulsar_io import PulsarConnection
 from bridge.pulsar_publish import Publisher
 from bridge.pulsar_source import Position, Received, Source
