@@ -22,7 +22,7 @@ import contextlib
 import gc
 import signal
 import time
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -82,6 +82,7 @@ class Bridge:
         self._failed: dict[str, str] = {}
         self._start_retry_s = START_RETRY_S
         self._stop = asyncio.Event()
+        self._stop_requested_at: float | None = None  # the drain grace counts from here
         self._reload = asyncio.Event()
         self._started = time.monotonic()
         self._pulsar: PulsarConnection | None = None
@@ -112,6 +113,8 @@ class Bridge:
     # ------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
 
     def request_reload(self) -> None:
@@ -181,7 +184,7 @@ class Bridge:
         # Concurrently: one slow workspace API or topic must not hold the other routes.
         await _all_or_first_error(self._start_route(s) for s in self.config.routes)
 
-    async def _unless_stopped(self, work: Coroutine[Any, Any, None]) -> bool:
+    async def _unless_stopped(self, work: Awaitable[Any]) -> bool:
         """Run ``work`` unless a stop signal comes first (then cancel it); True if it ran."""
         task = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop.wait())
@@ -238,8 +241,8 @@ class Bridge:
         plan = plan_reload(self.config, new, self._running.keys())
         if plan.pulsar_changed:
             log.warning("reload_pulsar_changed", action="restart the process to apply [pulsar]")
-        for name in (*plan.stop, *plan.restart):
-            await self._stop_route(name)
+        # Together, so a reload's drains take one grace at most, as a shutdown's do.
+        await asyncio.gather(*(self._stop_route(name) for name in (*plan.stop, *plan.restart)))
         for name in plan.stop:
             self.metrics.forget_route(name)
         old_auths, self.config = self._auths, new
@@ -254,6 +257,8 @@ class Bridge:
         self._failed = {n: why for n, why in self._failed.items() if n in plan.start}
         starting = sorted({*plan.restart, *plan.start})
         await self._start_routes(starting)
+        if self._stop.is_set():
+            return  # a stop signal came during the starts; the supervisor stops next
         log.info(
             "reloaded",
             stopped=list(plan.stop),
@@ -265,9 +270,14 @@ class Bridge:
         self._notifier.ready(f"{len(self._running)} route(s) running")
 
     async def _start_routes(self, names: Sequence[str]) -> None:
-        """Start routes; one that fails is recorded, reported in /readyz and retried."""
+        """Start routes; one that fails is recorded, reported in /readyz and retried.
+
+        Concurrently, as at start-up, and given up on a stop signal: a reload whose routes
+        wait for a slow workspace must not hold a SIGTERM (the routes not started yet are
+        simply not running when the daemon stops)."""
         by_name = {r.name: r for r in self.config.routes}
-        for name in names:
+
+        async def start(name: str) -> None:
             try:
                 await self._start_route(by_name[name])
             except BridgeError as exc:
@@ -275,6 +285,8 @@ class Bridge:
                 log.error("route_start_failed", route=name, error=str(exc))
             else:
                 self._failed.pop(name, None)
+
+        await self._unless_stopped(asyncio.gather(*(start(name) for name in names)))
         self._start_retry_s = START_RETRY_S if self._failed else self._start_retry_s
 
     async def _retry_failed_starts(self) -> None:
@@ -342,7 +354,7 @@ class Bridge:
         )
         try:
             await route.open(self._pulsar)
-        except BridgeError:
+        except BaseException:  # refused, or cancelled by a stop signal
             await route.close()
             self._probes.pop(settings.name, None)
             raise
@@ -394,7 +406,7 @@ class Bridge:
         for route, _ in routes:
             route.stop()
         await asyncio.gather(*(task for _, task in routes), return_exceptions=True)
-        grace = self.config.bridge.daemon.drain_grace_s
+        grace = self._grace_left()
         await asyncio.gather(*(route.drain(grace) for route, _ in routes))
         for route, _ in routes:
             await route.close()
@@ -405,6 +417,14 @@ class Bridge:
         for auth in self._auths.values():
             if auth.cache is not None:
                 await auth.cache.aclose()
+
+    def _grace_left(self) -> float:
+        """The drain grace, counted from the stop signal: a reload that was draining a
+        route when it came has used part of it."""
+        grace = self.config.bridge.daemon.drain_grace_s
+        if self._stop_requested_at is None:
+            return grace
+        return max(0.0, grace - (time.monotonic() - self._stop_requested_at))
 
     async def _status_loop(self) -> None:
         """Per-route rates for ``systemctl status`` (STATUS=), when run under systemd."""

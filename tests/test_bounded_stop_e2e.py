@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 
 import pulsar
 import pytest
+import tomli_w
 
 from bridge.embedded import free_port
 from bridge.emulator import EmulatorServer
-from tests.conftest import BridgeFactory
+from tests.conftest import CLIENT_ID, CLIENT_SECRET, BridgeFactory
 from tests.support.harness import Topics, event, publish, route_config
 
 pytestmark = pytest.mark.integration
@@ -70,3 +72,33 @@ def test_sigterm_during_a_retry_after_wait(
     bridge.signal(signal.SIGTERM)
     assert bridge.wait_exit(BOUND_S) == 0
     assert bridge.events("route_stopped")[0]["nacked"] == 10
+
+
+def test_sigterm_during_a_reload_whose_routes_wait_for_a_silent_workspace(
+    emulator: EmulatorServer, start_bridge: BridgeFactory
+) -> None:
+    # A workspace that takes connections and never answers: each route the reload adds
+    # waits for its token and endpoint describe until they time out (10 s or more each;
+    # the old reload started them one after another and held the SIGTERM meanwhile).
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        workspaces = {
+            "host": emulator.url,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "silent": {
+                "host": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                "client_id": "silent-sp",
+                "client_secret": "silent-secret",
+            },
+        }
+        bridge = start_bridge({"first": route_config(Topics())}, databricks=workspaces, extra=LONG)
+        routes = bridge.config_dir / "routes"
+        for name in ("a", "b", "c"):
+            added = route_config(Topics(), endpoint={"workspace": "silent"})
+            (routes / f"{name}.toml").write_text(tomli_w.dumps(added))
+        bridge.signal(signal.SIGHUP)
+        bridge.wait_for("reloading")
+        bridge.signal(signal.SIGTERM)
+        assert bridge.wait_exit(BOUND_S) == 0
+    assert bridge.events("reloaded") == [], "the stop came first; the reload was given up"
+    assert bridge.events("route_stopped")[0]["route"] == "first"
