@@ -18,8 +18,9 @@ Rules of a line (each tested in tests/test_effectively_once.py):
   its result or has ended otherwise;
 * a dead letter ends its id only once the dead-letter topic confirmed it (dead letters are
   at-least-once: the dead-letter topic has no reorder buffer);
-* a nack (a stop) *halts* the line: nothing above that id is sent again by this process,
-  since a later result stored before it would make the broker drop it after a restart.
+* a nack (a stop) *halts* the line: nothing above that id is sent, since a later result
+  stored before it would make the broker drop it once redelivered; the line goes on when
+  every id handed back is admitted again (redelivered), back in front of later ids.
 
 Handing a partition over. A failover subscription moves a partition between processes
 (one stopped, killed, or joining), and only one producer of a name may be connected: the
@@ -118,7 +119,7 @@ class PartitionLine:
     publisher: SequencedPublisher
     ids: list[int] = field(default_factory=list)  # admitted, not yet done, ascending
     slots: dict[int, _Slot] = field(default_factory=dict)
-    halted_at: int | None = None
+    handed_back: set[int] = field(default_factory=set)  # nacked, not admitted again
     on_idle: Callable[[PartitionLine], None] | None = None
     partition: str = ""  # the source partition, for log lines
     _sending: bool = False
@@ -132,12 +133,22 @@ class PartitionLine:
     def last_stored(self) -> int:
         return self.publisher.last_sequence_id
 
+    @property
+    def halted_at(self) -> int | None:
+        """Nothing above this id is sent: the lowest id handed back, not admitted again,
+        and not stored after all (a send already on its way when it was handed back)."""
+        return min((s for s in self.handed_back if s > self.last_stored), default=None)
+
     def admit(self, seq: int, received: Received) -> str:
         """``"new"``, ``"stored"`` (ack it now) or ``"duplicate"`` (drop it)."""
         if seq <= self.last_stored:
             return "stored"
         if seq in self.slots:
             return "duplicate"
+        # A handed-back event is back: from now on the line orders it before later ids, so
+        # their results (failed while halted, handed in again) wait for it rather than
+        # overtake it. Only a halt for good would wedge the line until a restart.
+        self.handed_back.discard(seq)
         bisect.insort(self.ids, seq)
         self.slots[seq] = _Slot(received)
         return "new"
@@ -159,7 +170,7 @@ class PartitionLine:
         if slot is None:
             return
         if nacked:
-            self.halted_at = seq if self.halted_at is None else min(self.halted_at, seq)
+            self.handed_back.add(seq)
             self._drop(seq)
             self._fail_from(seq, "the line halted: an earlier event was handed back")
             return
@@ -181,9 +192,9 @@ class PartitionLine:
                 slot.stored.set_result(BrokerError(reason))
 
     def _ready_prefix(self) -> list[int]:
-        prefix = []
+        prefix, halted_at = [], self.halted_at
         for seq in self.ids:
-            if self.halted_at is not None and seq > self.halted_at:
+            if halted_at is not None and seq > halted_at:
                 break
             slot = self.slots[seq]
             if not slot.ended and slot.message is None:

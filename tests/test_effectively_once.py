@@ -63,6 +63,7 @@ class ScriptedProducer:
         self.release = asyncio.Event()
         self.release.set()
         self.fail_next = False
+        self.answered = asyncio.Event()  # set once a send has its outcomes
 
     async def publish_all(
         self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
@@ -74,6 +75,7 @@ class ScriptedProducer:
             self.fail_next = False
             return [BrokerError("timed out")] * len(messages)
         self.last_sequence_id = max(self.last_sequence_id, *sequence_ids)
+        self.answered.set()
         return [None] * len(messages)
 
 
@@ -135,6 +137,42 @@ async def test_a_nack_halts_the_line_so_nothing_later_is_stored_before_it() -> N
     assert isinstance(outcome, BrokerError)
     assert [s for call in producer.sent for s in call] == [seq(0)]
     assert isinstance(await line.result(seq(2), msg(2)), BrokerError), "stays halted"
+
+
+async def test_the_line_goes_on_once_every_handed_back_event_is_admitted_again() -> None:
+    producer = ScriptedProducer()
+    line = line_with(producer, range(5))
+    line.ended(seq(1), nacked=True)
+    line.ended(seq(3), nacked=True)
+    assert isinstance(await line.result(seq(2), msg(2)), BrokerError), "halted at 1"
+    assert line.admit(seq(1), cast(Received, FakeReceived(1))) == "new", "1 redelivered"
+    two = line.result(seq(2), msg(2))  # the processor hands 2 in again
+    assert isinstance(await line.result(seq(4), msg(4)), BrokerError), "still halted at 3"
+    await asyncio.sleep(0)
+    assert producer.sent == [], "2 waits for the redelivered 1, not overtaking it"
+    first = await asyncio.gather(line.result(seq(0), msg(0)), line.result(seq(1), msg(1)))
+    assert list(first) == [None, None]
+    assert await two is None
+    assert line.admit(seq(3), cast(Received, FakeReceived(3))) == "new"
+    assert line.halted_at is None
+    stored = await asyncio.gather(line.result(seq(3), msg(3)), line.result(seq(4), msg(4)))
+    assert list(stored) == [None, None]
+    assert [s for call in producer.sent for s in call] == [seq(n) for n in range(5)]
+
+
+async def test_an_event_stored_as_it_was_handed_back_halts_nothing() -> None:
+    producer = ScriptedProducer()
+    producer.release.clear()
+    line = line_with(producer, range(3))
+    line.result(seq(0), msg(0))
+    await asyncio.sleep(0)
+    assert producer.sent == [[seq(0)]]
+    line.ended(seq(0), nacked=True)  # a drain hands 0 back while its send is on its way
+    producer.release.set()
+    await producer.answered.wait()
+    assert line.halted_at is None, "the broker stored 0 after all"
+    assert await line.result(seq(1), msg(1)) is None
+    assert line.admit(seq(0), cast(Received, FakeReceived(0))) == "stored", "acked"
 
 
 async def test_a_failed_send_is_sent_again_with_the_same_ids_when_handed_in_again() -> None:
