@@ -30,6 +30,7 @@ import structlog
 
 from bridge.config import Config, RouteSettings, load_config
 from bridge.effectively_once import verify_deduplication
+from bridge.endpoint_limits import EndpointLimits
 from bridge.errors import AuthError, BridgeError, ConfigError
 from bridge.health import (
     DEFAULT_LAG_THRESHOLD_S,
@@ -39,14 +40,13 @@ from bridge.health import (
     LoopHeartbeat,
 )
 from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
-from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit, Limit
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.redaction import Redactor
 from bridge.relay import Route
-from bridge.reload import endpoint_key, plan_reload
+from bridge.reload import plan_reload
 from bridge.serving import ServingClient
-from bridge.systemd import Notifier, watchdog_loop
+from bridge.systemd import Notifier, RouteCounts, status_loop, watchdog_loop
 
 log = structlog.get_logger("bridge")
 
@@ -76,8 +76,7 @@ class Bridge:
         self._probes: dict[str, EndpointStateProbe] = {}
         self._auths: dict[str | None, WorkspaceAuth] = {}
         # One limiter per endpoint (URL and identity), shared by the routes calling it.
-        self._limiters: dict[tuple[str, str | None], EndpointLimiter] = {}
-        self._pauses_counted: dict[str, int] = {}
+        self._limits = EndpointLimits(self.metrics)
         # Routes that failed to start after a reload, and why (shown in /readyz; retried).
         self._failed: dict[str, str] = {}
         self._start_retry_s = START_RETRY_S
@@ -102,6 +101,9 @@ class Bridge:
 
     def loop_lag_s(self) -> float:
         return self._heartbeat.lag_s()
+
+    def _route_counts(self) -> list[RouteCounts]:
+        return [(r.name, r.state, r.metrics.events_in, r.metrics.results_out) for r in self.routes]
 
     def uptime_s(self) -> float:
         return time.monotonic() - self._started
@@ -134,7 +136,9 @@ class Bridge:
                     lambda: self._heartbeat.lag_s() < DEFAULT_LAG_THRESHOLD_S,
                 )
             ),
-            asyncio.ensure_future(self._status_loop()),
+            asyncio.ensure_future(
+                status_loop(self._notifier, self._route_counts, STATUS_INTERVAL_S)
+            ),
         ]
         bind = self.config.bridge.observe.http_bind
         health = (
@@ -250,10 +254,7 @@ class Bridge:
         for auth in old_auths.values():
             if auth not in self._auths.values() and auth.cache is not None:
                 await auth.cache.aclose()
-        # Limiters no route uses any more, or whose bounds changed, are built afresh.
-        self._limiters.clear()
-        for route, _ in self._running.values():
-            self._limiters.setdefault(endpoint_key(new, route.settings), route.limiter)
+        self._limits.keep(new, ((r.settings, r.limiter) for r, _ in self._running.values()))
         self._failed = {n: why for n, why in self._failed.items() if n in plan.start}
         starting = sorted({*plan.restart, *plan.start})
         await self._start_routes(starting)
@@ -347,7 +348,7 @@ class Bridge:
             settings,
             serving,
             self.metrics,
-            limiter=self._limiter_for(settings),
+            limiter=self._limits.for_route(self.config, settings),
             on_close=target.aclose,
             paused_because=target.missing,
             redactor=self._redactor,
@@ -359,39 +360,6 @@ class Bridge:
             self._probes.pop(settings.name, None)
             raise
         self._running[settings.name] = (route, asyncio.ensure_future(route.run()))
-
-    def _limiter_for(self, settings: RouteSettings) -> EndpointLimiter:
-        """The endpoint's shared limiter; its bounds cover every route that calls it."""
-        key = endpoint_key(self.config, settings)
-        limiter = self._limiters.get(key)
-        if limiter is None:
-            sharing = [
-                r.endpoint for r in self.config.routes if endpoint_key(self.config, r) == key
-            ] or [settings.endpoint]
-            ceiling = max(e.max_in_flight for e in sharing)
-            limit: Limit = FixedLimit(ceiling)
-            if any(e.concurrency == "adaptive" for e in sharing):
-                limit = AdaptiveLimit(min(e.min_in_flight for e in sharing), ceiling)
-            label = settings.endpoint.name or key[0]
-            limiter = EndpointLimiter(
-                label,
-                limit,
-                requests_per_s=_lowest(e.max_requests_per_s for e in sharing),
-                events_per_s=_lowest(e.max_events_per_s for e in sharing),
-                max_batch_events=max(r.batch.max_events for r in self.config.routes),
-                on_change=self._limiter_changed,
-            )
-            self._limiters[key] = limiter
-            self._limiter_changed(limiter)
-        return limiter
-
-    def _limiter_changed(self, limiter: EndpointLimiter) -> None:
-        self.metrics.endpoint_limit.labels(limiter.name).set(limiter.limit.current)
-        self.metrics.endpoint_in_flight.labels(limiter.name).set(limiter.in_flight)
-        counted = self._pauses_counted.get(limiter.name, 0)
-        if limiter.pauses > counted:
-            self.metrics.endpoint_pauses.labels(limiter.name).inc(limiter.pauses - counted)
-            self._pauses_counted[limiter.name] = limiter.pauses
 
     async def _stop_route(self, name: str) -> None:
         route, task = self._running.pop(name)
@@ -426,23 +394,6 @@ class Bridge:
             return grace
         return max(0.0, grace - (time.monotonic() - self._stop_requested_at))
 
-    async def _status_loop(self) -> None:
-        """Per-route rates for ``systemctl status`` (STATUS=), when run under systemd."""
-        if not self._notifier.enabled:
-            return
-        previous: dict[str, tuple[int, int]] = {}
-        while True:
-            await asyncio.sleep(STATUS_INTERVAL_S)
-            parts = []
-            for route in self.routes:
-                m = route.metrics
-                before = previous.get(route.name, (m.events_in, m.results_out))
-                rate_in = (m.events_in - before[0]) / STATUS_INTERVAL_S
-                rate_out = (m.results_out - before[1]) / STATUS_INTERVAL_S
-                previous[route.name] = (m.events_in, m.results_out)
-                parts.append(f"{route.name} {route.state} {rate_in:.0f}/s in {rate_out:.0f}/s out")
-            self._notifier.status("; ".join(parts) or "no routes")
-
 
 def _limits(config: Config) -> httpx.Limits:
     # No cap on connections: requests are bounded by each endpoint's limiter and each
@@ -450,11 +401,6 @@ def _limits(config: Config) -> httpx.Limits:
     # by a reload queue for connections. Keep-alive is sized for the routes at start.
     keep = sum(r.endpoint.max_in_flight for r in config.routes) + 8
     return httpx.Limits(max_connections=None, max_keepalive_connections=keep)
-
-
-def _lowest(values: Iterable[float | None]) -> float | None:
-    given = [v for v in values if v is not None]
-    return min(given) if given else None
 
 
 async def _all_or_first_error(starts: Iterable[Coroutine[Any, Any, None]]) -> None:

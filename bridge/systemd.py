@@ -14,7 +14,7 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
@@ -134,3 +134,30 @@ async def watchdog_loop(
             log.warning("watchdog_withheld", reason="event loop heartbeat is stale")
         withheld = not ok
         await sleep(interval)
+
+
+# (route, state, events consumed, results published), as counted since start.
+RouteCounts = tuple[str, str, int, int]
+
+
+async def status_loop(
+    notifier: Notifier,
+    counts: Callable[[], Sequence[RouteCounts]],
+    interval_s: float,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Per-route rates for ``systemctl status`` (``STATUS=``), when run by systemd."""
+    if not notifier.enabled:
+        return
+    previous: dict[str, tuple[int, int]] = {}
+    while True:
+        await sleep(interval_s)
+        parts = []
+        for name, state, events_in, results_out in counts():
+            before_in, before_out = previous.get(name, (events_in, results_out))
+            rate_in = (events_in - before_in) / interval_s
+            rate_out = (results_out - before_out) / interval_s
+            previous[name] = (events_in, results_out)
+            parts.append(f"{name} {state} {rate_in:.0f}/s in {rate_out:.0f}/s out")
+        notifier.status("; ".join(parts) or "no routes")

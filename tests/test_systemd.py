@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.systemd import Notifier, watchdog_loop
+from bridge.systemd import Notifier, RouteCounts, status_loop, watchdog_loop
 
 
 class Receiver:
@@ -170,3 +170,36 @@ async def test_watchdog_loop_returns_when_there_is_no_watchdog(env: dict[str, st
         raise AssertionError("the loop should not have started")
 
     await watchdog_loop(Notifier(env), lambda: True, sleep=sleep)
+
+
+async def test_status_loop_reports_each_route_s_rates_since_the_last_report(
+    receiver: Receiver,
+) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": receiver.notify_socket})
+    counts: list[list[RouteCounts]] = [
+        [("fraud", "running", 100, 90)],
+        [("fraud", "running", 300, 290), ("spam", "paused", 7, 0)],
+        [],
+    ]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 4:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await status_loop(notifier, lambda: counts[len(slept) - 1], 10.0, sleep=sleep)
+    notifier.close()
+    assert receiver.messages() == [
+        "STATUS=fraud running 0/s in 0/s out",  # the first report has no interval behind it
+        "STATUS=fraud running 20/s in 20/s out; spam paused 0/s in 0/s out",
+        "STATUS=no routes",
+    ]
+
+
+async def test_status_loop_returns_when_not_run_by_systemd() -> None:
+    async def sleep(seconds: float) -> None:
+        raise AssertionError("no reports without a service manager")
+
+    await status_loop(Notifier({}), list, 10.0, sleep=sleep)
