@@ -25,8 +25,8 @@ from typing import Any, TextIO
 import httpx
 import orjson
 
+from bridge.addresses import parse_bind
 from bridge.config import Config
-from bridge.health import parse_bind
 from bridge.lag import Lag, read_lag
 
 _CLEAR = "\x1b[H\x1b[2J"

@@ -1007,7 +1007,7 @@ def test_valid_pulsar_service_urls(tmp_path: Path, url: str) -> None:
 
 @pytest.mark.parametrize("bind", ["localhost", "127.0.0.1:http", ":9464", "[::1]:70000"])
 def test_http_bind_is_validated_as_the_health_server_binds(tmp_path: Path, bind: str) -> None:
-    from bridge.health import parse_bind
+    from bridge.addresses import parse_bind
 
     with pytest.raises(ValueError, match="is not host:port") as refused:
         parse_bind(bind)

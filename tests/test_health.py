@@ -11,17 +11,13 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from bridge.addresses import parse_bind
 from bridge.emulator import EmulatorServer, EmulatorState
 from bridge.errors import BridgeError
 from bridge.gate import Pause
-from bridge.health import (
-    EndpointReadiness,
-    EndpointStateProbe,
-    HealthServer,
-    LoopHeartbeat,
-    RouteView,
-    parse_bind,
-)
+from bridge.health import HealthServer, LoopHeartbeat
+from bridge.health_app import RouteView
+from bridge.health_probe import EndpointReadiness, EndpointStateProbe
 from bridge.observe import Metrics, RouteMetrics
 from bridge.relay import Route
 from tests.support.clock import FakeClock

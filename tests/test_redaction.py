@@ -33,7 +33,8 @@ from bridge.auth import BearerAuth, OAuthTokenSource, TokenCache
 from bridge.errors import AuthError, EndpointError, SecretError
 from bridge.events import dead_letter_message
 from bridge.gate import Pause
-from bridge.health import EndpointReadiness, EndpointStateProbe, HealthServer
+from bridge.health import HealthServer
+from bridge.health_probe import EndpointReadiness, EndpointStateProbe
 from bridge.observe import Metrics, RouteMetrics, log_pipeline
 from bridge.pulsar_source import Received
 from bridge.redaction import REDACTED, Redactor, scrub
