@@ -331,13 +331,17 @@ class BatchProcessor:
             raise ShutdownRequested("stopping")
         # Waits watch for a stop; a free slot is taken at once, with no task to watch it.
         if self._requests.locked():
-            await unless_stopping(self._requests.acquire(), self._stopping)
+            await unless_stopping(
+                self._requests.acquire(), self._stopping, release=lambda _: self._requests.release()
+            )
         else:
             await self._requests.acquire()
         try:
             slot = self._limiter.try_acquire()
             if slot is None:
-                slot = await unless_stopping(self._limiter.acquire(size), self._stopping)
+                slot = await unless_stopping(
+                    self._limiter.acquire(size), self._stopping, release=lambda s: s.ignore()
+                )
             self._metrics.queued(time.monotonic() - queued)
             try:
                 invocation = await self._correlation.invoke(self._serving, body)

@@ -324,7 +324,9 @@ class Route:
     async def _dispatch(self, lane: int, batch: list[Event]) -> None:
         _, processor = self._opened()
         try:
-            await unless_stopping(self._slots.acquire(), self._stopping)
+            await unless_stopping(
+                self._slots.acquire(), self._stopping, release=lambda _: self._slots.release()
+            )
         except ShutdownRequested:
             processor.nack(batch)  # never reached the endpoint
             return

@@ -8,7 +8,7 @@ the drain grace: only requests already at the endpoint deserve the grace.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from bridge.errors import ShutdownRequested
@@ -16,8 +16,18 @@ from bridge.errors import ShutdownRequested
 T = TypeVar("T")
 
 
-async def unless_stopping(work: Awaitable[T], stopping: asyncio.Event) -> T:
-    """Await ``work``; if ``stopping`` is set first, cancel it and raise ShutdownRequested."""
+async def unless_stopping(
+    work: Awaitable[T],
+    stopping: asyncio.Event,
+    *,
+    release: Callable[[T], object] | None = None,
+) -> T:
+    """Await ``work``; if ``stopping`` is set first, cancel it and raise ShutdownRequested.
+
+    Work that ended with a result returns it, even when the stop came in the same turn:
+    the caller owns it then. ``release`` gives back what the work acquired (a slot) when
+    the caller cannot get it: the caller was cancelled (a drain) as the work ended.
+    """
     if stopping.is_set():
         if asyncio.iscoroutine(work):
             work.close()
@@ -26,14 +36,32 @@ async def unless_stopping(work: Awaitable[T], stopping: asyncio.Event) -> T:
     stop = asyncio.ensure_future(stopping.wait())
     try:
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stop.cancel()
         if not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task})
+    except BaseException:
+        _give_back(task, release)
+        await asyncio.wait({task})  # the work's own clean-up ends before the caller's
+        raise
+    finally:
+        stop.cancel()
     if task.cancelled():
         raise ShutdownRequested("stopping")
     return task.result()
+
+
+def _give_back(task: asyncio.Future[T], release: Callable[[T], object] | None) -> None:
+    """The caller will not get ``task``'s result: cancel it, and release what it acquires
+    all the same (it ended in the caller's last turn, or outran the cancel)."""
+
+    def done(finished: asyncio.Future[T]) -> None:
+        if finished.cancelled() or finished.exception() is not None:
+            return  # an exception here is the work's own; nobody is left to raise it to
+        if release is not None:
+            release(finished.result())
+
+    task.cancel()
+    task.add_done_callback(done)
 
 
 async def sleep_unless_stopping(seconds: float, stopping: asyncio.Event) -> None:
