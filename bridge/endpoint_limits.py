@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bridge.config import Config, RouteSettings
+from bridge.config import Config
+from bridge.config_route import RouteSettings
 from bridge.limiter import AdaptiveLimit, EndpointLimiter, FixedLimit, Limit
 from bridge.observe import Metrics
 from bridge.reload import EndpointKey, endpoint_key
