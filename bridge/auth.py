@@ -43,6 +43,7 @@ with warnings.catch_warnings():
     from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from bridge.errors import AuthError, SecretError
+from bridge.redaction import shorten
 from bridge.secrets import Secret
 from bridge.serving import parse_retry_after
 
@@ -240,7 +241,9 @@ def _classify(
     """The table's rows for an error answer; ``status`` is None when authlib hid it."""
     what = " ".join(part for part in (f"HTTP {status}" if status else "", code or "") if part)
     if description:
-        what += f": {' '.join(description.split())[:_DESCRIPTION_LIMIT]}"
+        # Scrubbed before it is cut, and never cut inside a token: half a token would no
+        # longer be recognised by the redaction of whatever prints the error.
+        what += f": {shorten(' '.join(description.split()), _DESCRIPTION_LIMIT)}"
     if code in _UNAVAILABLE_CODES or status in (408, 429) or (status or 0) >= 500:
         return AuthError(
             f"token endpoint unavailable: {what}", retriable=True, retry_after=retry_after

@@ -18,6 +18,9 @@ output all call :meth:`Redactor.redact`. It hides, in this order:
 3. *control characters*, escaped (``\\n``, ``\\x1b``), so no value can split a log line
    or drive a terminal.
 
+A peer's words kept in an error are cut to a length by :func:`shorten`, shapes hidden
+first and never inside a token: half a token would match neither its value nor its shape.
+
 Values shorter than :data:`MIN_LENGTH` are never registered: they would blank out ordinary
 words. Tokens are kept for the last :attr:`Redactor.max_tokens` issued (older ones have
 expired), secrets for the last ``max_secrets`` distinct values (a rotated file adds one).
@@ -58,6 +61,8 @@ _SHAPES = re.compile(
     r"|d(?:api|ose)[0-9a-f]{16,}(?:-\d+)?"
     r"|(?P<run>[A-Za-z0-9_-]{32,}+))"
 )
+# A cut must not split a run of these (see shorten).
+_CREDENTIAL_CHAR = re.compile(_CREDENTIAL)
 # What a token looks like inside a longer run, e.g. ``token_dapi0123...``.
 _TOKEN_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}|d(?:api|ose)[0-9a-f]{16,}")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -157,6 +162,39 @@ def scrub(text: str, *, multiline: bool = False) -> str:
     text = _SHAPES.sub(_hide_shape, text)
     controls = _CONTROL_BUT_LINES if multiline else _CONTROL
     return controls.sub(_escape_control, text)
+
+
+def shorten(text: str, limit: int, *, tail: int = 0) -> str:
+    """A peer's ``text`` in at most ``limit`` characters for an error message: its start
+    and, with ``tail``, its last ``tail`` characters after `` ... ``.
+
+    Redaction comes first and no cut falls inside a run of characters a credential could
+    be made of (a run that crosses a cut is left out whole): a token cut in half matches
+    neither its known value nor its shape downstream, and its first part would leak.
+    """
+    text = scrub(text)
+    if len(text) <= limit:
+        return text
+    if tail <= 0:
+        return _cut_after(text, limit)
+    return f"{_cut_after(text, max(limit - tail - 5, 0))} ... {_cut_before(text, tail)}"
+
+
+def _cut_after(text: str, keep: int) -> str:
+    """The first ``keep`` characters, less the start of a run that goes on past them."""
+    if _CREDENTIAL_CHAR.match(text, keep):
+        while keep > 0 and _CREDENTIAL_CHAR.match(text, keep - 1):
+            keep -= 1
+    return text[:keep]
+
+
+def _cut_before(text: str, keep: int) -> str:
+    """The last ``keep`` characters, less the end of a run that began before them."""
+    start = len(text) - keep
+    if start > 0 and _CREDENTIAL_CHAR.match(text, start - 1):
+        while start < len(text) and _CREDENTIAL_CHAR.match(text, start):
+            start += 1
+    return text[start:]
 
 
 def redact_json(content: Any, redact: Callable[[str], str]) -> Any:

@@ -28,6 +28,7 @@ import orjson
 
 from bridge.errors import AuthError, EndpointError, ResponseShapeError, SecretError
 from bridge.formats import UnwritableJson, read_json
+from bridge.redaction import shorten
 
 DEFAULT_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
@@ -350,11 +351,8 @@ def _snippet(text: str) -> str:
 
     Servers tend to open with context (MLflow repeats the rejected input) and end with the
     cause ("Model is missing inputs [...]"), so a long message keeps its end, not just its
-    start.
+    start. Cut by ``shorten``: credential shapes hidden first, and no token cut in half
+    (its first half would match nothing that hides it downstream).
     """
     text = " ".join(text.split())
-    if len(text) <= _MESSAGE_LIMIT:
-        return text
-    head = _MESSAGE_LIMIT // 4
-    tail = _MESSAGE_LIMIT - head - 5
-    return f"{text[:head]} ... {text[-tail:]}"
+    return shorten(text, _MESSAGE_LIMIT, tail=_MESSAGE_LIMIT - _MESSAGE_LIMIT // 4 - 5)

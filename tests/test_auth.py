@@ -15,7 +15,13 @@ import httpx
 import pytest
 import respx
 
-from bridge.auth import OAuthTokenSource, StaticTokenSource, Token, TokenCache
+from bridge.auth import (
+    OAuthTokenSource,
+    StaticTokenSource,
+    Token,
+    TokenCache,
+    token_answer_error,
+)
 from bridge.errors import AuthError, SecretError
 from bridge.secrets import Secret
 from tests.support.clock import FakeClock
@@ -504,3 +510,16 @@ async def test_unreadable_subject_token_is_an_auth_error(
             await source.fetch()
     finally:
         await source.aclose()
+
+
+def test_a_long_refusal_is_cut_without_showing_half_a_token() -> None:
+    # The description is cut at 200 characters; an echoed secret lies across the cut.
+    secret = "Zq7sEcRetV4lue9fQ2Kx"
+    description = "bad " * 44 + f"client secret {secret} for this client " + "x " * 50
+    assert description.index(secret) < 200 < description.index(secret) + len(secret)
+    error = token_answer_error(
+        httpx.Response(401, json={"error": "invalid_client", "error_description": description})
+    )
+    assert error is not None
+    assert "token endpoint refused: HTTP 401 invalid_client: bad bad" in str(error)
+    assert secret[:4] not in str(error)

@@ -37,7 +37,7 @@ from bridge.health import HealthServer
 from bridge.health_probe import EndpointReadiness, EndpointStateProbe
 from bridge.observe import Metrics, RouteMetrics, log_pipeline
 from bridge.pulsar_source import Received
-from bridge.redaction import REDACTED, Redactor, scrub
+from bridge.redaction import REDACTED, Redactor, scrub, shorten
 from bridge.secrets import Secret
 from bridge.serving import ServingClient
 from tests.support.harness import Topics, route_config, write_config
@@ -159,6 +159,39 @@ def test_control_characters_are_escaped() -> None:
 
     assert scrub(forged) == 'ok\\n{"level": "error", "event": "forged"}\\r\\x1b[2J\\u2028'
     assert scrub("line one\n\tline two\x07", multiline=True) == "line one\n\tline two\\x07"
+
+
+SPLIT_SECRET = "Zq7sEcRetV4lue9fQ2Kx"  # no credential shape: only its known value hides it
+
+
+def straddling(limit: int, token: str) -> str:
+    """Words with ``token`` across position ``limit``, and more words after it."""
+    lead = "w " * ((limit - len(token) // 2) // 2)
+    return f"{lead}{token} " + "tail " * 100
+
+
+@pytest.mark.parametrize("token", [SPLIT_SECRET, "dapi" + "0a1b" * 8])
+def test_a_cut_never_splits_a_token_so_none_is_half_shown(token: str) -> None:
+    text = straddling(60, token)
+    assert 0 < text.index(token) < 60 < text.index(token) + len(token)
+    clipped = shorten(text, 60)
+    assert len(clipped) <= 60
+    assert token[:4] not in clipped
+    # The last characters kept: the cut falls before the token, not inside it.
+    assert not clipped.endswith(token[:1])
+
+
+def test_a_cut_before_the_tail_never_splits_a_token() -> None:
+    text = "head " * 100 + f"{SPLIT_SECRET} the cause"
+    clipped = shorten(text, 100, tail=20)
+    assert "the cause" in clipped
+    assert SPLIT_SECRET[-4:] not in clipped
+
+
+def test_shapes_are_hidden_before_the_cut_and_short_text_is_kept() -> None:
+    bearer = "Bearer " + "k" * 40
+    assert shorten(f"refused {bearer} for sp", 300) == f"refused Bearer {REDACTED} for sp"
+    assert shorten("Model is missing inputs ['V1']", 300) == "Model is missing inputs ['V1']"
 
 
 # ------------------------------------------------------------------ secrets
@@ -431,7 +464,7 @@ async def test_tokens_echoed_by_peers_reach_no_output_channel(peer: HostilePeer)
     assert peer.tokens[1] in reasons[1]
     assert repr(peer.tokens[2].encode())[2:-1] in reasons[2]
     assert REFUSED_SECRET in str(refusal.value)
-    assert basic in str(refusal.value)
+    assert "(Basic " in str(refusal.value)  # its shape is scrubbed before the cut already
     assert readyz.status_code == 503
     assert "PERMISSION_DENIED" in readyz.text
     # ... and no channel carries them.

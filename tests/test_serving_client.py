@@ -21,7 +21,13 @@ from bridge.auth import BearerAuth, StaticTokenSource, Token, TokenCache
 from bridge.errors import AuthError, EndpointError, ResponseShapeError
 from bridge.formats import MAX_WRITE_DEPTH
 from bridge.secrets import Secret
-from bridge.serving import DEFAULT_RETRY_STATUSES, Invocation, ServingClient, parse_retry_after
+from bridge.serving import (
+    DEFAULT_RETRY_STATUSES,
+    Invocation,
+    ServingClient,
+    error_message,
+    parse_retry_after,
+)
 
 URL = "https://adb-123.azuredatabricks.net/serving-endpoints/fraud-model/invocations"
 WHERE = "POST /serving-endpoints/fraud-model/invocations"
@@ -212,7 +218,7 @@ async def test_html_error_page_is_collapsed_and_truncated(
     assert error.retriable is True
     assert "<title>502 Bad Gateway</title>" in error.message
     assert "\n" not in error.message
-    assert len(error.message) == 300
+    assert 280 < len(error.message) <= 300  # cut between words, never inside one
     # The middle goes, the start and the end (where servers put the cause) stay.
     assert " ... " in error.message
     assert error.message.endswith("</body> </html>")
@@ -624,3 +630,17 @@ async def test_unreadable_token_secret_becomes_an_endpoint_error(
     error = await invoke_error(client)
 
     assert error.status is None
+
+
+def test_a_long_error_is_cut_without_showing_half_a_token() -> None:
+    # The message keeps its first 75 and last 220 characters; tokens lie across both cuts.
+    head_token, tail_token = "Zq7sEcRetV4lue9fQ2Kx", "Pm4wKeyP4rtTw0Rs8Lz"
+    words = "w " * 33 + head_token + " " + "middle " * 80 + tail_token + " end" * 52
+    assert words.index(head_token) < 75 < words.index(head_token) + len(head_token)
+    tail_at = len(words) - 220
+    assert words.index(tail_token) < tail_at < words.index(tail_token) + len(tail_token)
+    message = error_message(httpx.Response(500, text=words))
+    assert len(message) <= 300
+    assert head_token[:4] not in message
+    assert tail_token[-4:] not in message
+    assert message.endswith("end")
