@@ -36,16 +36,16 @@ import bisect
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
-import httpx
 import structlog
 
-from bridge.errors import BridgeError, BrokerError
+from bridge.deduplication import DeduplicationOff as DeduplicationOff
+from bridge.deduplication import verify_deduplication as verify_deduplication
+from bridge.errors import BrokerError
 from bridge.pulsar_publish import OutgoingMessage
 from bridge.pulsar_source import Position, Received
-from bridge.topics import parse as parse_topic
 
 log = structlog.get_logger("bridge.effectively_once")
 
@@ -379,34 +379,3 @@ class EffectivelyOnce:
         lines, self._lines = list(self._lines.values()), {}
         await asyncio.gather(*(line.close() for line in lines))
         await asyncio.gather(*self._closing, return_exceptions=True)  # failures are logged
-
-
-class DeduplicationOff(BridgeError):
-    """The result topic's broker would not drop duplicates: effectively-once cannot work."""
-
-
-async def verify_deduplication(http: httpx.AsyncClient, admin_url: str, topic: str) -> None:
-    """Raise DeduplicationOff unless deduplication applies to ``topic`` (admin API)."""
-    name = parse_topic(topic)
-    base = admin_url.rstrip("/")
-    path = f"{name.namespace}/{quote(name.local, safe='')}"
-    url = f"{base}/admin/v2/{name.domain}/{path}/deduplicationEnabled"
-    try:
-        response = await http.get(url, params={"applied": "true"}, timeout=10.0)
-        if response.status_code in (404, 405, 412):
-            # Topic-level policies off: the namespace's setting (null: the broker default).
-            ns_url = f"{base}/admin/v2/namespaces/{name.namespace}/deduplication"
-            response = await http.get(ns_url, timeout=10.0)
-    except httpx.HTTPError as exc:
-        raise DeduplicationOff(
-            f"cannot read the deduplication policy of {topic} at {admin_url}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    enabled: Any = response.json() if response.status_code == 200 and response.content else None
-    if enabled is not True:
-        raise DeduplicationOff(
-            f"deduplication is not enabled for {topic} (admin API answered "
-            f"{response.status_code}: {response.text[:200]!r}); enable it with "
-            f"`pulsar-admin namespaces set-deduplication {name.namespace} "
-            '--enable` or on the topic, or use result.delivery = "at-least-once"'
-        )
