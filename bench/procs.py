@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bridge.embedded import EmbeddedBroker
 from tests.support.harness import BridgeProcess
@@ -138,6 +138,16 @@ class Worker:
                 self.process.wait()
         for thread in self._threads:
             thread.join(5)
+
+
+class BrokerProcess(Protocol):
+    """What a scenario needs of a broker: where clients connect, its process for CPU."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
 
 
 class Broker(EmbeddedBroker):

@@ -14,7 +14,10 @@ and measures, each scenario in its own processes on that broker:
 7. the bridge against an endpoint that answers at most C (``--capacity``, 4) requests at
    once in 50 ms and 429 beyond: the adaptive limit (ceiling 4C) against fixed limits C
    and 2C, and how fast the adaptive limit follows when C is halved mid-run
-   (:mod:`bench.capacity`).
+   (:mod:`bench.capacity`);
+8. only when asked for (``--only effectively_once``: it starts Apache Pulsar, which needs
+   Java): effectively-once result topics against at-least-once on the instant endpoint
+   (:mod:`bench.effectively_once`).
 
 Scenarios 1-4 and 7 repeat ``--reps`` times, interleaved so that a burst of load from elsewhere
 on the machine hits all of them alike; the table shows medians and the ratios between
@@ -44,7 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import capacity, profile, report
+from bench import capacity, effectively_once, profile, report
 from bench.payload import EVENT_BYTES, client
 from bench.procs import Broker
 from bench.scenarios import (
@@ -70,6 +73,8 @@ SCENARIOS = (
     "capacity",
     "capacity_halved",
 )
+# Run only when named in --only: Apache Pulsar needs a JDK, and make bench must not.
+OPTIONAL = ("effectively_once",)
 SLOW_LATENCY_MS = 50.0
 SLOW_IN_FLIGHT = 8
 ATTEMPTS = 2
@@ -106,7 +111,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         type=lambda text: set(text.split(",")),
         default=set(SCENARIOS),
         metavar="LIST",
-        help=f"comma-separated subset of {','.join(SCENARIOS)} (latency needs bridge_instant)",
+        help=f"comma-separated subset of {','.join(SCENARIOS + OPTIONAL)} (latency needs "
+        "bridge_instant; effectively_once runs only when named)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args(argv)
@@ -121,7 +127,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    unknown = args.only - set(SCENARIOS)
+    unknown = args.only - set(SCENARIOS + OPTIONAL)
     if unknown:
         parser.error(f"unknown scenario(s) in --only: {', '.join(sorted(unknown))}")
     if args.capacity < 2:
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Run]] = defaultdict(list)
     failed: dict[str, list[Run]] = defaultdict(list)
     profiles: dict[str, Any] = {}
+    eo_rows: list[report.Row] = []
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="pulsar-bench-"))
     broker = Broker(workdir / "broker")
@@ -349,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
                 _latency(rig, args, runs, failed)
             if "memory" in args.only:
                 _memory(rig, args, runs, failed)
+            if "effectively_once" in args.only:
+                measure = partial(_measure, runs=runs, failed=failed)
+                timeout = _timeout(args.events, 300)
+                eo_rows = effectively_once.run_pair(rig, args, timeout, measure, _say)
             if args.profile:
                 profiles = _profile(rig, args)
         pulsar_client.close()
@@ -362,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         "slow_in_flight": SLOW_IN_FLIGHT,
         "slow_latency_ms": SLOW_LATENCY_MS,
     }
-    rows = report.build(runs, settings)
+    rows = report.build(runs, settings) + eo_rows
     result = report.as_json(runs, rows, meta, failed)
     if profiles:
         result["profile"] = profiles

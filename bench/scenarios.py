@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import profile as profiler
 from bench.payload import prefill
-from bench.procs import Bridge, Broker, CpuWindow, MemorySampler, Worker
+from bench.procs import Bridge, BrokerProcess, CpuWindow, MemorySampler, Worker
 from tests.support.harness import Topics, route_config, write_config
 
 BATCH = 100
@@ -47,7 +47,7 @@ class Emulator:
 class Rig:
     """What every scenario shares: one broker, a client to pre-fill it, two emulators."""
 
-    broker: Broker
+    broker: BrokerProcess
     client: Any
     instant: Emulator
     slow: Emulator
@@ -131,9 +131,10 @@ def drain(
     start: Callable[[Topics], Started],
     *,
     extra_pids: Mapping[str, int] | None = None,
+    topics: Topics | None = None,
 ) -> Run:
     """Pre-fill, start the relay, time it from ready to the last result read back."""
-    topics = Topics()
+    topics = topics or Topics()
     prefill_s = prefill(rig.client, topics.source, events)
     reader = _reader(rig, topics.result, events, timeout)
     started: Started | None = None
@@ -259,6 +260,8 @@ class BridgeOptions:
     sample_memory: bool = False
     profile: Path | None = None  # py-spy raw output path
     profile_gil: bool = False  # only samples holding the GIL
+    route: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # more route keys
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # bridge.toml
 
 
 def _bridge_config(rig: Rig, topics: Topics, options: BridgeOptions) -> Path:
@@ -273,17 +276,21 @@ def _bridge_config(rig: Rig, topics: Topics, options: BridgeOptions) -> Path:
         batch={"max_events": BATCH, "linger_ms": LINGER_MS},
         result={"topic": topics.result, "passthrough": ["id", "ts"]},
     )
+    for section, values in options.route.items():
+        route.setdefault(section, {}).update(values)
     return write_config(
         directory,
         service_url=rig.broker.url,
         databricks={"host": options.emulator.url, "auth_type": "none"},
         routes={"bench": route},
+        extra=options.settings,
     )
 
 
 def _bridge_report(bridge: Bridge) -> dict[str, Any]:
     stopped = bridge.events("route_stopped")
-    batches = [b for b in bridge.events("batch") if b.get("outcome") == "ok"]
+    # Effectively-once batches are "handed_in" (their results are stored in source order).
+    batches = [b for b in bridge.events("batch") if b.get("outcome") in ("ok", "handed_in")]
     latencies = sorted(float(b["latency_ms"]) for b in batches)
     sizes = [int(b["size"]) for b in batches]
     return {

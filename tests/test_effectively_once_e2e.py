@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pulsar
 import pytest
 
@@ -73,9 +72,7 @@ def test_check_refuses_effectively_once_without_an_admin_api_or_one_owner(
 
 def namespace(broker: ApachePulsarBroker, *, deduplication: bool) -> str:
     name = f"public/eo-{uuid.uuid4().hex[:8]}"
-    admin = f"{broker.admin_url}/admin/v2/namespaces/{name}"
-    httpx.put(admin, json={}, timeout=30).raise_for_status()
-    httpx.post(f"{admin}/deduplication", json=deduplication, timeout=30).raise_for_status()
+    broker.create_namespace(name, deduplication=deduplication)
     return name
 
 
@@ -129,8 +126,7 @@ def test_no_duplicate_results_through_crashes_restarts_and_a_failover(
 ) -> None:
     ns = namespace(apache_broker, deduplication=True)
     topics = topics_in(ns)
-    admin = f"{apache_broker.admin_url}/admin/v2/persistent/{topics.source.removeprefix('persistent://')}"
-    httpx.put(f"{admin}/partitions", json=2, timeout=30).raise_for_status()
+    apache_broker.create_partitioned_topic(topics.source, 2)
     rows = [event(i) for i in range(EVENTS)]
     results = TopicReader(pulsar_client, topics.result)
     dead = TopicReader(pulsar_client, topics.dlq)

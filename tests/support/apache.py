@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
 from bridge.embedded import free_port
 from bridge.lifecycle import Running
 from tests.support.ci import missing
@@ -284,3 +286,23 @@ class ApachePulsarBroker(Running):
         """SIGTERM and start again on the same data and ports (clients reconnect)."""
         self.stop()
         self.start()
+
+    def create_namespace(self, name: str, *, deduplication: bool) -> None:
+        """Create namespace ``name`` (``tenant/namespace``) with deduplication on or off
+        (effectively-once result topics need it on)."""
+        admin = f"{self.admin_url}/admin/v2/namespaces/{name}"
+        headers = self.running.admin_headers()
+        httpx.put(admin, json={}, headers=headers, timeout=30).raise_for_status()
+        httpx.post(
+            f"{admin}/deduplication", json=deduplication, headers=headers, timeout=30
+        ).raise_for_status()
+
+    def create_partitioned_topic(self, topic: str, partitions: int) -> None:
+        """Create ``persistent://...`` ``topic`` with ``partitions`` partitions."""
+        path = topic.removeprefix("persistent://")
+        httpx.put(
+            f"{self.admin_url}/admin/v2/persistent/{path}/partitions",
+            json=partitions,
+            headers=self.running.admin_headers(),
+            timeout=30,
+        ).raise_for_status()
