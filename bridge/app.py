@@ -28,17 +28,14 @@ from typing import Any
 import httpx
 import structlog
 
-from bridge.config import Config, RouteSettings, load_config
-from bridge.effectively_once import verify_deduplication
+from bridge.config import Config, load_config
+from bridge.config_route import RouteSettings
+from bridge.deduplication import verify_deduplication
 from bridge.endpoint_limits import EndpointLimits
 from bridge.errors import AuthError, BridgeError, ConfigError
-from bridge.health import (
-    DEFAULT_LAG_THRESHOLD_S,
-    EndpointReadiness,
-    EndpointStateProbe,
-    HealthServer,
-    LoopHeartbeat,
-)
+from bridge.health import HealthServer, LoopHeartbeat
+from bridge.health_app import DEFAULT_LAG_THRESHOLD_S
+from bridge.health_probe import EndpointReadiness, EndpointStateProbe
 from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection

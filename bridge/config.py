@@ -24,11 +24,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from bridge.config_bridge import BridgeSettings, WorkspaceSettings
-
-# RequestFormat and RouteSettings are also re-exported: bridge.formats, app, relay,
-# processing, publishing and correlation import them from here.
-from bridge.config_route import RequestFormat as RequestFormat
-from bridge.config_route import RouteSettings as RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.errors import ConfigError, ConfigProblem
 from bridge.redaction import Redactor
 

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 
 import orjson
 
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.errors import AuthError, EndpointError, SecretError
 from bridge.events import Event
 from bridge.observe import RouteMetrics

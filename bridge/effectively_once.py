@@ -41,8 +41,6 @@ from urllib.parse import quote
 
 import structlog
 
-from bridge.deduplication import DeduplicationOff as DeduplicationOff
-from bridge.deduplication import verify_deduplication as verify_deduplication
 from bridge.errors import BrokerError
 from bridge.pulsar_publish import OutgoingMessage
 from bridge.pulsar_source import Position, Received

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from bridge.formats import MAX_EVENT_DEPTH, UnwritableJson, read_json
-from bridge.pulsar_io import Received
+from bridge.pulsar_source import Received
 from bridge.redaction import Redactor, scrub
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from bridge.config import RequestFormat
+from bridge.config_route import RequestFormat
 from bridge.errors import ResponseShapeError
 
 Row = Mapping[str, Any]

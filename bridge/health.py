@@ -33,13 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from bridge.addresses import parse_bind
 from bridge.errors import BridgeError
-
-# DEFAULT_LAG_THRESHOLD_S, EndpointReadiness and EndpointStateProbe are also re-exported:
-# bridge.app imports them from here.
-from bridge.health_app import DEFAULT_LAG_THRESHOLD_S as DEFAULT_LAG_THRESHOLD_S
-from bridge.health_app import DaemonView, create_app
-from bridge.health_probe import EndpointReadiness as EndpointReadiness
-from bridge.health_probe import EndpointStateProbe as EndpointStateProbe
+from bridge.health_app import DEFAULT_LAG_THRESHOLD_S, DaemonView, create_app
 from bridge.redaction import Redactor
 
 log = structlog.get_logger("bridge.health")

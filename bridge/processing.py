@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import structlog
 
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.correlation import Correlation
 from bridge.effectively_once import EffectivelyOnce
 from bridge.errors import EndpointError, ShutdownRequested
@@ -43,7 +43,7 @@ from bridge.gate import ROUTE, STORM, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
 from bridge.publishing import ORDERED_SUBSCRIPTIONS, Rejection, ResultPublisher, Staged
-from bridge.pulsar_io import Publisher
+from bridge.pulsar_publish import Publisher
 from bridge.redaction import Redactor
 from bridge.retry import Failure, RetryPolicy, classify
 from bridge.route_schemas import ResultMessage

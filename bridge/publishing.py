@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.correlation import Correlation
 from bridge.effectively_once import EffectivelyOnce
 from bridge.errors import BrokerError, ResultRejected
 from bridge.events import Event, result_message
 from bridge.observe import RouteMetrics
-from bridge.pulsar_io import OutgoingMessage, Publisher
+from bridge.pulsar_publish import OutgoingMessage, Publisher
 from bridge.redaction import Redactor, scrub
 from bridge.result_schema import ResultDoesNotFit
 from bridge.retry import RetryPolicy

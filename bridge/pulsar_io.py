@@ -22,15 +22,8 @@ import pulsar.asyncio as pulsar_asyncio
 from bridge.config_bridge import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth
 from bridge.config_route import SourceSettings
 from bridge.errors import BrokerError
-
-# OutgoingMessage, Publisher, Received and Source are also re-exported: bridge.relay,
-# processing, publishing and events import them from here.
-from bridge.pulsar_publish import CallbackThreads
-from bridge.pulsar_publish import OutgoingMessage as OutgoingMessage
-from bridge.pulsar_publish import Publisher as Publisher
-from bridge.pulsar_source import Received as Received
-from bridge.pulsar_source import Source as Source
-from bridge.pulsar_source import TopicReader
+from bridge.pulsar_publish import CallbackThreads, Publisher
+from bridge.pulsar_source import Source, TopicReader
 
 _CONSUMER_TYPES = {
     "shared": pulsar.ConsumerType.Shared,

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from bridge.batching import Lanes
-from bridge.config import RouteSettings
+from bridge.config_route import RouteSettings
 from bridge.effectively_once import EffectivelyOnce, OutOfRange
 from bridge.errors import BrokerError, ShutdownRequested
 from bridge.events import BadEvent, Event
@@ -29,7 +29,9 @@ from bridge.gate import ROUTE, Pause, RouteGate
 from bridge.limiter import EndpointLimiter
 from bridge.observe import Metrics, RouteMetrics
 from bridge.processing import ORDERED_SUBSCRIPTIONS, BatchProcessor
-from bridge.pulsar_io import Publisher, PulsarConnection, Received, Source
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_publish import Publisher
+from bridge.pulsar_source import Received, Source
 from bridge.redaction import Redactor
 from bridge.route_schemas import RouteSchemas, SchemaUnavailable
 from bridge.serving import ServingClient
