@@ -114,6 +114,10 @@ class Bridge:
     def request_stop(self) -> None:
         if self._stop_requested_at is None:
             self._stop_requested_at = time.monotonic()
+            # Intake ends everywhere now, even while a reload still drains its routes:
+            # the shutdown that follows has only what is left of the grace.
+            for route in self.routes:
+                route.stop()
         self._stop.set()
 
     def request_reload(self) -> None:
