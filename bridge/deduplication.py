@@ -12,6 +12,7 @@ from urllib.parse import quote
 import httpx
 
 from bridge.errors import BridgeError
+from bridge.redaction import shorten
 from bridge.topics import parse as parse_topic
 
 
@@ -36,11 +37,16 @@ async def verify_deduplication(http: httpx.AsyncClient, admin_url: str, topic: s
             f"cannot read the deduplication policy of {topic} at {admin_url}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    enabled: Any = response.json() if response.status_code == 200 and response.content else None
+    enabled: Any = None
+    if response.status_code == 200 and response.content:
+        try:
+            enabled = response.json()
+        except ValueError:  # not JSON (a proxy's page): said below, with what it was
+            enabled = None
     if enabled is not True:
         raise DeduplicationOff(
             f"deduplication is not enabled for {topic} (admin API answered "
-            f"{response.status_code}: {response.text[:200]!r}); enable it with "
+            f"{response.status_code}: {shorten(response.text, 200)!r}); enable it with "
             f"`pulsar-admin namespaces set-deduplication {name.namespace} "
             '--enable` or on the topic, or use result.delivery = "at-least-once"'
         )
