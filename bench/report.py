@@ -319,7 +319,7 @@ def load_note(runs: Mapping[str, Sequence[Run]]) -> str:
         if scenario_runs
         and (
             name in ("ceiling", "bridge_instant", "bridge_50ms", "naive")
-            or name.startswith("capacity")
+            or name.startswith(("capacity", "eo_"))
         )
     }
     costs = ", ".join(f"{name} {us:.0f}" for name, us in per_event.items())
