@@ -287,6 +287,15 @@ class EffectivelyOnce:
         line = await self._line(received.topic)
         return line.admit(sequence_id(received.position), received)
 
+    def admit_now(self, received: Received) -> str | None:
+        """:meth:`admit` without waiting, once the partition's line is open; None while
+        it is not (then :meth:`admit` opens it). Every event after a partition's first
+        takes this way: no task and no wait per event."""
+        line = self._lines.get(received.topic)
+        if line is None:
+            return None
+        return line.admit(sequence_id(received.position), received)
+
     def hand_in(
         self, pending: Sequence[tuple[Received, OutgoingMessage]]
     ) -> list[asyncio.Future[BrokerError | None]]:

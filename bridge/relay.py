@@ -265,7 +265,9 @@ class Route:
         fresh = []
         for index, message in enumerate(messages):
             try:
-                verdict = await unless_stopping(self._eo.admit(message), self._stopping)
+                verdict = self._eo.admit_now(message) or await unless_stopping(
+                    self._eo.admit(message), self._stopping
+                )
             except ShutdownRequested:
                 for left in messages[index:]:  # a line still opening: hand these back
                     source.nack(left)

@@ -205,6 +205,19 @@ async def test_one_line_and_one_stable_producer_name_per_source_partition() -> N
     assert eo.producer_name(a) != eo.producer_name(b)
 
 
+async def test_admit_now_answers_without_waiting_once_the_line_is_open() -> None:
+    async def open_producer(name: str) -> SequencedPublisher:
+        return cast(SequencedPublisher, ScriptedProducer(last=seq(1)))
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    first, second, stored = (cast(Received, FakeReceived(e)) for e in (2, 3, 1))
+    assert eo.admit_now(first) is None, "no line yet: admit() opens it"
+    assert await eo.admit(first) == "new"
+    assert eo.admit_now(second) == "new"
+    assert eo.admit_now(second) == "duplicate", "a second delivery of what is in progress"
+    assert eo.admit_now(stored) == "stored", "the broker holds its result already"
+
+
 async def test_a_busy_name_is_retried_until_the_previous_owner_lets_go() -> None:
     attempts: list[str] = []
 
