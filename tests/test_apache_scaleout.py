@@ -22,6 +22,7 @@ from tests.conftest import APACHE_ONLY, BridgeFactory
 from tests.support.apache import ApachePulsarBroker
 from tests.support.harness import (
     BridgeProcess,
+    DistinctIds,
     Received,
     TopicReader,
     Topics,
@@ -78,21 +79,6 @@ def by_id(messages: list[Received]) -> dict[str, list[Received]]:
     for m in messages:
         out.setdefault(m.json["id"], []).append(m)
     return out
-
-
-class DistinctIds:
-    """How many distinct event ids a growing list of results holds (incrementally: a
-    ``read_until`` predicate runs after every message)."""
-
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
-        self._seen = 0
-
-    def __call__(self, messages: list[Received]) -> int:
-        for m in messages[self._seen :]:
-            self._ids.add(m.json["id"])
-        self._seen = len(messages)
-        return len(self._ids)
 
 
 def start_bridges(

@@ -25,9 +25,8 @@ import pytest
 from bridge.emulator import EmulatorServer, score
 from tests.conftest import APACHE_ONLY, BridgeFactory
 from tests.support.apache import ApachePulsarBroker
-from tests.support.harness import BridgeProcess, TopicReader, Topics, route_config
+from tests.support.harness import BridgeProcess, DistinctIds, TopicReader, Topics, route_config
 from tests.test_apache_scaleout import (
-    DistinctIds,
     by_id,
     publish_each,
     rows_payloads,

@@ -27,6 +27,7 @@ from tests.conftest import APACHE_ONLY, CLIENT_ID, CLIENT_SECRET, BridgeFactory
 from tests.support.apache import ApachePulsarBroker
 from tests.support.harness import (
     BridgeProcess,
+    DistinctIds,
     Received,
     TopicReader,
     Topics,
@@ -161,9 +162,11 @@ def test_no_duplicate_results_through_crashes_restarts_and_a_failover(
             key=lambda i: f"card-{i % 17}",
         )
 
+    distinct = DistinctIds()  # counts as results arrive: every wait reads the same list
+
     def settled(count: int) -> None:
-        got = results.read_until(lambda ms: len({m.json["id"] for m in ms}) >= count, timeout=180)
-        assert len({m.json["id"] for m in got}) >= count, f"stalled before {count} results"
+        got = results.read_until(lambda ms: distinct(ms) >= count, timeout=180)
+        assert distinct(got) >= count, f"stalled before {count} results"
 
     start("a")
     start("b")
