@@ -23,7 +23,15 @@ import pytest
 from bridge.emulator import EmulatorServer
 from bridge.emulator.state import ServedModel
 from tests.conftest import BridgeFactory
-from tests.support.harness import Received, TopicReader, Topics, event, publish, route_config
+from tests.support.harness import (
+    DistinctIds,
+    Received,
+    TopicReader,
+    Topics,
+    event,
+    publish,
+    route_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -59,7 +67,7 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
     )
     bridge = start_bridge({"fraud": route})
     published = 0
-    got: list[Received] = []
+    distinct = DistinctIds()  # counts as results arrive: every phase reads the same list
     recovery_s: dict[str, float] = {}
 
     def phase(name: str, fault: dict[str, Any], seconds: float, kind: str | None) -> None:
@@ -83,7 +91,7 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
             )
             recovery_s[name] = time.monotonic() - ends_at
             assert resumed
-        got.extend(results.read_until(lambda ms: len(ids(got + ms)) >= published, timeout=120))
+        results.read_until(lambda ms: distinct(ms) >= published, timeout=120)
 
     phase("404 outage", {"not_found_for_s": 20}, 20, "route")
     phase("403 outage", {"forbidden_for_s": 20}, 20, "route")
@@ -100,7 +108,7 @@ def test_endpoint_states_pause_and_resume_the_route_losing_nothing(
     rows = [event(i) for i in range(published, published + PER_PHASE)]
     publish(pulsar_client, topics.source, [json.dumps(r).encode() for r in rows])
     published += PER_PHASE
-    got.extend(results.read_until(lambda ms: len(ids(got + ms)) >= published - len(huge)))
+    got = results.read_until(lambda ms: distinct(ms) >= published - len(huge))
     dead_letters = dead.read_until(lambda ms: len(ms) >= len(huge))
     bridge.stop()
 
