@@ -44,13 +44,16 @@ CLIENT_ID = "iris-sp"
 CLIENT_SECRET = "iris-sp-secret-19c2"
 
 
-@pytest.fixture(scope="module")
+# Session-scoped, not module-scoped: pytest runs this module's tests in three runs (the
+# Apache Pulsar tier, the pulsar-lite tier, the broker-free tests), and a module fixture
+# would be trained and served again for each (~10 s each). The server keeps no state.
+@pytest.fixture(scope="session")
 def iris_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     # The directory's name is the model's name in the emulator's served-model-name.
     return train_iris_model(tmp_path_factory.mktemp("models") / "iris")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlflow_server(
     iris_model: TrainedModel, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[MlflowScoringServer]:
