@@ -40,6 +40,7 @@ from bridge.errors import EndpointError, ShutdownRequested
 from bridge.events import Event, result_message
 from bridge.formats import build_body, predictions_of
 from bridge.gate import ROUTE, STORM, RouteGate
+from bridge.limited_call import LimitedCall
 from bridge.limiter import EndpointLimiter
 from bridge.observe import RouteMetrics
 from bridge.publishing import ORDERED_SUBSCRIPTIONS, Rejection, ResultPublisher, Staged
@@ -82,15 +83,20 @@ class BatchProcessor:
             route, metrics=metrics, redactor=redactor
         )
         self._settler = settler
-        self._serving = serving
-        self._limiter = limiter
         self._gate = gate
         self._storm = storm
-        # The route's own ceiling; the endpoint's limiter may allow fewer.
-        self._requests = asyncio.Semaphore(route.endpoint.max_in_flight)
         self._policy = RetryPolicy.from_settings(route.failure)
         self._metrics = metrics
         self._stopping = stopping or asyncio.Event()
+        self._request = LimitedCall(
+            max_in_flight=route.endpoint.max_in_flight,
+            limiter=limiter,
+            serving=serving,
+            correlation=self._correlation,
+            metrics=metrics,
+            retry_after_max_s=self._policy.retry_after_max_s,
+            stopping=self._stopping,
+        )
         self._results = ResultPublisher(
             route,
             results=results,
@@ -323,48 +329,6 @@ class BatchProcessor:
         )
         if exc.retry_after is None or failure is not Failure.OVERLOAD:
             await sleep_unless_stopping(delay, self._stopping)
-
-    async def _request(self, body: bytes, size: int, *, sample: bool) -> Invocation:
-        """One HTTP request through the route's and the endpoint's limits."""
-        queued = time.monotonic()
-        if self._stopping.is_set():
-            raise ShutdownRequested("stopping")
-        # Waits watch for a stop; a free slot is taken at once, with no task to watch it.
-        if self._requests.locked():
-            await unless_stopping(
-                self._requests.acquire(), self._stopping, release=lambda _: self._requests.release()
-            )
-        else:
-            await self._requests.acquire()
-        try:
-            slot = self._limiter.try_acquire()
-            if slot is None:
-                slot = await unless_stopping(
-                    self._limiter.acquire(size), self._stopping, release=lambda s: s.ignore()
-                )
-            self._metrics.queued(time.monotonic() - queued)
-            try:
-                invocation = await self._correlation.invoke(self._serving, body)
-            except EndpointError as exc:
-                self._metrics.request(exc.status)
-                if classify(exc) is Failure.OVERLOAD:
-                    slot.dropped()
-                    if exc.retry_after is not None:
-                        self._limiter.pause(min(exc.retry_after, self._policy.retry_after_max_s))
-                else:
-                    slot.ignore()
-                raise
-            except BaseException:
-                slot.ignore()
-                raise
-            self._metrics.request(200, invocation.elapsed_s)
-            if sample:
-                slot.success(size)
-            else:
-                slot.ignore()  # bisection halves and probes say little about capacity
-            return invocation
-        finally:
-            self._requests.release()
 
     # ------------------------------------------------------------------ publishing
 
