@@ -20,9 +20,10 @@ from typing import Any
 
 import structlog
 
+from bridge import eo_intake
 from bridge.batching import Lanes
 from bridge.config_route import RouteSettings
-from bridge.effectively_once import EffectivelyOnce, OutOfRange
+from bridge.effectively_once import EffectivelyOnce
 from bridge.errors import BrokerError, ShutdownRequested
 from bridge.events import BadEvent, Event
 from bridge.gate import ROUTE, Pause, RouteGate
@@ -146,22 +147,9 @@ class Route:
         )
         self._publishers.append(results)
         if s.effectively_once:
-            if results.confirms_each_message:
-                raise BrokerError(
-                    f"result.delivery = 'effectively-once' needs a non-partitioned result "
-                    f"topic ({s.result.topic} is partitioned)"
-                )
-
-            async def open_line(name: str) -> Publisher:
-                publisher = await pulsar.publisher(
-                    s.result.topic,
-                    max_pending=max_pending,
-                    producer_name=name,
-                    schema=result_schema,
-                )
-                return publisher  # closed by the EffectivelyOnce lines
-
-            self._eo = EffectivelyOnce(self.name, s.source.subscription, open_line)
+            self._eo = eo_intake.open_lines(
+                pulsar, s, results, max_pending=max_pending, schema=result_schema
+            )
         dead_letters = await pulsar.publisher(s.dead_letter_topic)
         self._publishers.append(dead_letters)
         self._source = await pulsar.subscribe(s.source, nack_delay_ms=s.failure.nack_delay_ms)
@@ -247,7 +235,14 @@ class Route:
         """Take ``received`` and whatever else has already arrived, in the same turn."""
         messages = [received, *source.receive_ready(burst)]
         if self._eo is not None:
-            messages = await self._admit(messages)
+            messages = await eo_intake.admit(
+                self._eo,
+                messages,
+                source=source,
+                metrics=self.metrics,
+                stopping=self._stopping,
+                reject=lambda message, reason: self._spawn(self._reject(message, reason)),
+            )
         self.metrics.consumed(len(messages))  # once per turn, not per event
         # Writer schemas of versions new to the route; effectively-once waits for the
         # registry in place (a nack would halt the partition's line: see prepare).
@@ -256,31 +251,6 @@ class Route:
         for message in messages:
             for lane, batch in self._intake(message, lanes):
                 await self._dispatch(lane, batch)
-
-    async def _admit(self, messages: list[Received]) -> list[Received]:
-        """Effectively-once: what already has its result is acked, a second delivery of
-        what is in progress dropped; the rest is registered in source order."""
-        assert self._eo is not None
-        source = self._opened()[0]
-        fresh = []
-        for index, message in enumerate(messages):
-            try:
-                verdict = self._eo.admit_now(message) or await unless_stopping(
-                    self._eo.admit(message), self._stopping
-                )
-            except ShutdownRequested:
-                for left in messages[index:]:  # a line still opening: hand these back
-                    source.nack(left)
-                break
-            except OutOfRange as exc:
-                self._spawn(self._reject(message, str(exc)))
-                continue
-            if verdict == "new":
-                fresh.append(message)
-            elif verdict == "stored":
-                source.ack(message)
-                self.metrics.already_stored()
-        return fresh
 
     def _eo_ended(self, received: Received, nacked: bool) -> None:
         assert self._eo is not None
