@@ -30,19 +30,18 @@ import structlog
 
 from bridge.config import Config, load_config
 from bridge.config_route import RouteSettings
-from bridge.deduplication import verify_deduplication
 from bridge.endpoint_limits import EndpointLimits
-from bridge.errors import AuthError, BridgeError, ConfigError
+from bridge.errors import BridgeError, ConfigError
 from bridge.health import HealthServer, LoopHeartbeat
 from bridge.health_app import DEFAULT_LAG_THRESHOLD_S
 from bridge.health_probe import EndpointReadiness, EndpointStateProbe
-from bridge.identity import WorkspaceAuth, build_workspace_auth, resolve_endpoint
+from bridge.identity import WorkspaceAuth, build_workspace_auth, first_tokens
 from bridge.observe import Metrics
 from bridge.pulsar_io import PulsarConnection
 from bridge.redaction import Redactor
 from bridge.relay import Route
 from bridge.reload import plan_reload
-from bridge.serving import ServingClient
+from bridge.route_start import start_route
 from bridge.systemd import Notifier, RouteCounts, status_loop, watchdog_loop
 
 log = structlog.get_logger("bridge")
@@ -184,7 +183,7 @@ class Bridge:
 
     async def _start(self) -> None:
         self._auths = self._build_auths(self.config, {})
-        await _first_tokens(self._auths)
+        await first_tokens(self._auths)
         self._pulsar = PulsarConnection(self.config.bridge.pulsar)
         # Concurrently: one slow workspace API or topic must not hold the other routes.
         await _all_or_first_error(self._start_route(s) for s in self.config.routes)
@@ -318,48 +317,20 @@ class Bridge:
     async def _start_route(self, settings: RouteSettings) -> None:
         assert self._pulsar is not None
         assert self._http is not None
-        workspace = None
-        if settings.endpoint.name is not None:
-            workspace = self._auths[settings.endpoint.workspace]
-            host = self.config.workspace_for(settings).host or ""
-            self._probes[settings.name] = EndpointStateProbe(
-                self._http,
-                host,
-                settings.endpoint.name,
-                auth=workspace.httpx_auth,
-                redactor=self._redactor,
-            )
-        admin_url = self.config.bridge.pulsar.admin_url
-        if settings.effectively_once and admin_url is not None:
-            # Without deduplication the "effectively-once" route would be at-least-once
-            # while claiming otherwise: refuse to start it.
-            await verify_deduplication(self._http, admin_url, settings.result.topic)
-        target = await resolve_endpoint(self.config, settings, self._http, workspace)
-        serving = ServingClient(
-            target.url,
-            self._http,
-            auth=target.auth,
-            timeout_s=settings.endpoint.timeout_s,
-            retry_statuses=settings.failure.retry_statuses,
-            max_response_bytes=settings.endpoint.max_response_bytes,
-        )
-        if target.missing is not None:
-            log.warning("route_starts_paused", route=settings.name, reason=target.missing)
-        route = Route(
+        named = settings.endpoint.name is not None
+        started = await start_route(
             settings,
-            serving,
-            self.metrics,
+            config=self.config,
+            pulsar=self._pulsar,
+            http=self._http,
+            workspace=self._auths[settings.endpoint.workspace] if named else None,
             limiter=self._limits.for_route(self.config, settings),
-            on_close=target.aclose,
-            paused_because=target.missing,
+            metrics=self.metrics,
             redactor=self._redactor,
         )
-        try:
-            await route.open(self._pulsar)
-        except BaseException:  # refused, or cancelled by a stop signal
-            await route.close()
-            self._probes.pop(settings.name, None)
-            raise
+        if started.probe is not None:
+            self._probes[settings.name] = started.probe
+        route = started.route
         self._running[settings.name] = (route, asyncio.ensure_future(route.run()))
 
     async def _stop_route(self, name: str) -> None:
@@ -410,20 +381,6 @@ async def _all_or_first_error(starts: Iterable[Coroutine[Any, Any, None]]) -> No
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
-
-
-async def _first_tokens(auths: Mapping[str | None, WorkspaceAuth]) -> None:
-    """Fetch each workspace's token once: a refused client is a config error, found now."""
-    for auth in auths.values():
-        if auth.cache is None:
-            continue
-        try:
-            await auth.cache.get()
-        except AuthError as exc:
-            if not exc.retriable:
-                raise
-            # The identity provider may be down; requests will retry the token with backoff.
-            log.warning("token_unavailable", workspace=auth.name, error=str(exc))
 
 
 def _freeze_startup_objects() -> None:

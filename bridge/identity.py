@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -123,6 +123,20 @@ def build_workspace_auth(
             )
         auths[name] = WorkspaceAuth(label, cache)
     return auths
+
+
+async def first_tokens(auths: Mapping[str | None, WorkspaceAuth]) -> None:
+    """Fetch each workspace's token once: a refused client is a config error, found now."""
+    for auth in auths.values():
+        if auth.cache is None:
+            continue
+        try:
+            await auth.cache.get()
+        except AuthError as exc:
+            if not exc.retriable:
+                raise
+            # The identity provider may be down; requests will retry the token with backoff.
+            log.warning("token_unavailable", workspace=auth.name, error=str(exc))
 
 
 def _bind(callback: Callable[[str], None] | None, label: str) -> Callable[[], None] | None:
