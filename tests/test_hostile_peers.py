@@ -218,9 +218,10 @@ async def test_a_gzip_bomb_as_an_error_page_is_cut(http: httpx.AsyncClient, bomb
 
     assert error.status == 500
     assert error.retriable is True
-    # 64 KiB of the zeros, shown as a snippet: head and tail.
+    # 64 KiB of the zeros read, no more. Escaped, they are one run with no separator, which
+    # a snippet leaves out whole rather than cut (a cut run could be half a credential).
     note = f" (body cut at {ERROR_BODY_LIMIT:,} bytes)"
-    assert error.message == "\0" * 75 + " ... " + "\0" * 220 + note
+    assert error.message == " ... " + note
 
 
 async def test_a_corrupt_gzip_body_is_a_transport_failure(http: httpx.AsyncClient) -> None:
