@@ -132,7 +132,11 @@ def test_client_id_pairs_are_hidden_but_the_id_is_not() -> None:
         # A long token cut in two by a length limit: its exact value no longer matches.
         ("... Zx8Qw2Lm9Rt4Yp7Kd3Vb6Nc1Hs5Jf0Ga2Ue8Io", f"... {REDACTED}"),
         ("client_secret = env:sp-secret-value-7f3a", f"client_secret = env:{REDACTED}"),
-        ("token = file:" + PASTED_SECRET, f"token = file:{REDACTED}"),
+        # An id of its own: the secret is drawn per process, and the suite's workers must
+        # all collect the same test ids.
+        pytest.param(
+            "token = file:" + PASTED_SECRET, f"token = file:{REDACTED}", id="pasted-file-secret"
+        ),
     ],
 )
 def test_credential_shapes_are_hidden_without_knowing_them(text: str, expected: str) -> None:
