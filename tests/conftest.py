@@ -13,7 +13,6 @@ a green CI run must not have silently skipped the real broker.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +22,7 @@ import pytest
 
 from bridge.embedded import EmbeddedBroker
 from bridge.emulator import EmulatorServer, EmulatorState
-from tests.support import apache
+from tests.support import apache, workers
 from tests.support.apache import ApachePulsarBroker, require_apache_pulsar
 from tests.support.harness import BridgeProcess, Topics, write_config
 
@@ -136,10 +135,15 @@ def start_bridge(
         assert not leaked, f"{len(leaked)} secret(s)/token(s) in the log of {process.config_dir}"
 
 
-# ------------------------------------------------------------------ timing per broker tier
+# ------------------------------------------------------- broker tiers: workers and timing
+#
+# The suite runs on two pytest-xdist workers (``-n 2`` in pyproject.toml). Each broker tier
+# is one unit of work: its session broker starts once, in one worker, and its tests run there
+# in collection order; tests that need no broker are spread over both (tests/support/workers.py).
 
 _tier_seconds: dict[str, float] = {}
 _tier_tests: dict[str, int] = {}
+_apache_starts: dict[str, list[float]] = {}
 
 
 def _tier(item: pytest.Item) -> str | None:
@@ -151,18 +155,50 @@ def _tier(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(
-    item: pytest.Item, nextitem: pytest.Item | None
-) -> Generator[None, object, object]:
-    began = time.monotonic()
-    try:
-        return (yield)
-    finally:
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return workers.make_scheduler(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on = str(callspec.params["broker"]) if callspec and "broker" in callspec.params else None
+        if workers.tier_in_id(item.nodeid) != on:
+            # The workers' scheduler reads the tier from the id: a wrong reading would start a
+            # second broker of a tier in another worker, or put a broker test beside no broker.
+            raise pytest.UsageError(
+                f"{item.nodeid}: its id names tier {workers.tier_in_id(item.nodeid)!r}, "
+                f"but it runs on {on!r}; rename the parameter id that looks like a tier"
+            )
         tier = _tier(item)
         if tier is not None:
-            _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + time.monotonic() - began
+            # Travels with each report from the worker to the process that prints the summary.
+            item.user_properties.append(("broker_tier", tier))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if call.when == "teardown" and apache.CREATED:
+        starts = [(server.data_dir.name, list(server.start_times_s)) for server in apache.CREATED]
+        report.user_properties.append(("apache_starts", starts))
+    return report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    properties = dict(report.user_properties)
+    tier = properties.get("broker_tier")
+    if isinstance(tier, str):
+        _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + report.duration
+        if report.when == "teardown":
             _tier_tests[tier] = _tier_tests.get(tier, 0) + 1
+    servers = properties.get("apache_starts")
+    if isinstance(servers, list):
+        for name, starts in servers:
+            _apache_starts[name] = starts
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -171,9 +207,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("broker tiers")
     for tier in sorted(_tier_seconds):
         terminalreporter.write_line(
-            f"{tier}: {_tier_tests[tier]} tests, {_tier_seconds[tier]:.1f}s "
-            "(setup, call and teardown, broker start-up included)"
+            f"{tier}: {_tier_tests.get(tier, 0)} tests, {_tier_seconds[tier]:.1f}s "
+            "(setup, call and teardown, broker start-up included; summed over workers)"
         )
-    for server in apache.CREATED:
-        starts = ", ".join(f"{s:.1f}s" for s in server.start_times_s)
-        terminalreporter.write_line(f"Apache Pulsar in {server.data_dir.name}: starts {starts}")
+    for name, starts in sorted(_apache_starts.items()):
+        listed = ", ".join(f"{s:.1f}s" for s in starts)
+        terminalreporter.write_line(f"Apache Pulsar in {name}: starts {listed}")
