@@ -366,7 +366,12 @@ def test_replay_by_time_window_limit_and_rate(
         config_dir, "replay", "--route", "fraud", "--to", topics.result, "--rate", "200/s",
         "--since", _iso(since), "--until", _iso(until),
     )  # fmt: skip
-    limited = tool(config_dir, "replay", "--route", "fraud", "--limit", "1")
+    # A subscription of its own: on the first one, pulsar-lite can stall the dead letters
+    # the timed run left unacked once its consumer closed (a known pulsar-lite bug), and the
+    # limited run would then end on --wait before it reads past its limit.
+    limited = tool(
+        config_dir, "replay", "--route", "fraud", "--limit", "1", "--subscription", "limited"
+    )
 
     assert timed.returncode == 0, timed.stderr
     assert f"replayed {len(window)}; left {4 - len(window)}" in timed.stdout
