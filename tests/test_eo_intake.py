@@ -11,18 +11,7 @@ from bridge.effectively_once import EffectivelyOnce, SequencedPublisher
 from bridge.observe import Metrics, RouteMetrics
 from bridge.pulsar_source import Position, Received, Source
 from tests.test_effectively_once import FakeReceived, ScriptedProducer, seq
-
-
-class FakeSource:
-    def __init__(self) -> None:
-        self.acked: list[str] = []
-        self.nacked: list[str] = []
-
-    def ack(self, received: Received) -> None:
-        self.acked.append(received.message_id)
-
-    def nack(self, received: Received) -> None:
-        self.nacked.append(received.message_id)
+from tests.test_settle import FakeSource
 
 
 def received(entry: int) -> Received:
