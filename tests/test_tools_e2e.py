@@ -380,8 +380,8 @@ def test_replay_by_time_window_limit_and_rate(
     assert limited.returncode == 0, limited.stderr
     assert "replayed 1;" in limited.stdout
     assert "stopped at --limit 1" in limited.stdout
-    first_left = min(set(range(4)) - set(window))
-    assert [m.key for m in read_to_marker(pulsar_client, topics.source)] == [f"k{first_left}"]
+    # Its own subscription starts at the first dead letter, whatever the timed run took.
+    assert [m.key for m in read_to_marker(pulsar_client, topics.source)] == ["k0"]
 
 
 def _publish_times(client: pulsar.Client, topic: str, count: int) -> list[int]:
