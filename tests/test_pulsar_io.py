@@ -183,3 +183,32 @@ def one_full_batch_then_flush(raw: Any) -> list[str]:
     raw.flush_async(on_flush)
     assert flushed.wait(10), "the flush never answered"
     return order
+
+
+class _RecordingClient:
+    """Stands in for the C extension's client: records how it was closed."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def close_async(self, callback: Any) -> None:
+        self.calls.append("close_async")
+        callback(_pulsar.Result.Ok)
+
+
+async def test_closing_leaves_no_python_callback_in_the_client() -> None:
+    # The C++ client drops a close's callback on a detached thread after the close has
+    # completed; a Python callback dropped there while the process exits aborts it
+    # (apache/pulsar-client-python#256). So the close is the blocking one, in a thread.
+    connection = PulsarConnection(PulsarSettings(service_url="pulsar://127.0.0.1:9"))
+    real, recording = connection._client._client, _RecordingClient()
+    connection._client._client = recording
+    try:
+        await connection.close()
+    finally:
+        connection._client._client = real
+        real.close()
+    assert recording.calls == ["close"]
