@@ -16,8 +16,11 @@ Retry-After or shared pauses, so the algorithm is ours; the token buckets are ai
 
 Why these rules:
 
-* Overload (429, 503, 504, a timeout) cuts the limit multiplicatively, at most once per
-  round trip, so one burst of rejections from requests already in flight counts once.
+* Overload (429, 503, 504, a timeout) cuts the limit multiplicatively, once per burst:
+  an answer to a request sent before the last cut says nothing about the limit since, so
+  it neither cuts again nor is remembered. (A round-trip guard was not enough: 429s come
+  back at once, before any round trip is known, and a start at the ceiling cut 16 down to
+  2 in one burst.)
 * It starts at the ceiling, as a fixed limit would: a healthy endpoint never waits for it
   to grow, and an overloaded one is found by its first answers.
 * Success grows it by one per round trip's worth of successes, and only while the limit is
@@ -26,9 +29,9 @@ Why these rules:
   and it counts as rising only when the round trip it adds is long enough to be queueing
   (``min_queueing_s``), not the jitter of a millisecond answer.
 * An endpoint that sheds load with 429 instead of queueing gives no latency signal before
-  it rejects, so the limit at which it last rejected is remembered, and growing to it (and
-  each level above) is tried once per ``probe_interval_s``: one 429 per interval instead
-  of one per round trip.
+  it rejects, so the concurrency at which it last rejected (the requests in flight when
+  the rejected one was sent) is remembered, and growing to it (and each level above) is
+  tried once per ``probe_interval_s``: one 429 per interval instead of one per round trip.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ class Limit(Protocol):
 
     def on_success(self, latency_per_event_s: float, rtt_s: float, in_flight: int) -> None: ...
 
-    def on_dropped(self) -> None: ...
+    def on_dropped(self, sent_at: float, in_flight: int) -> None:
+        """An overload answer to a request sent at ``sent_at`` (the limit's clock) with
+        ``in_flight`` requests outstanding, itself included."""
 
 
 class FixedLimit:
@@ -64,7 +69,7 @@ class FixedLimit:
     def on_success(self, latency_per_event_s: float, rtt_s: float, in_flight: int) -> None:
         return None
 
-    def on_dropped(self) -> None:
+    def on_dropped(self, sent_at: float, in_flight: int) -> None:
         return None
 
 
@@ -96,7 +101,6 @@ class AdaptiveLimit:
         self._long: float | None = None  # its baseline (slow EWMA)
         self._credit = 0.0  # successes towards the next +1
         self._last_cut = -math.inf
-        self._last_rtt = 0.0
         self._overloaded_at: int | None = None  # the limit at which overload was last seen
         self._probe_at = -math.inf
 
@@ -106,7 +110,6 @@ class AdaptiveLimit:
 
     def on_success(self, latency_per_event_s: float, rtt_s: float, in_flight: int) -> None:
         """``in_flight``: requests outstanding when this one ended, itself included."""
-        self._last_rtt = rtt_s
         sample = max(latency_per_event_s, 1e-9)
         if self._short is None or self._long is None:
             self._short = self._long = sample
@@ -117,7 +120,7 @@ class AdaptiveLimit:
         queueing_s = (self._short - self._long) * events
         if self._short > self._tolerance * self._long and queueing_s > self._min_queueing_s:
             # Latency per event rising: requests are queueing at the endpoint.
-            self._cut(0.9)
+            self._cut(0.9, sent_at=self._clock() - rtt_s)
             return
         if in_flight < self.current:
             return  # the limit is not what holds traffic back; growing it proves nothing
@@ -135,28 +138,31 @@ class AdaptiveLimit:
             self._overloaded_at = int(target) + 1
         self._limit = min(float(self.max_limit), target)
 
-    def on_dropped(self) -> None:
-        self._overloaded_at = self.current
-        self._probe_at = self._clock() + self._probe_interval_s
-        self._cut(self._backoff)
+    def on_dropped(self, sent_at: float, in_flight: int) -> None:
+        if self._cut(self._backoff, sent_at=sent_at):
+            self._overloaded_at = in_flight
+            self._probe_at = self._clock() + self._probe_interval_s
 
-    def _cut(self, factor: float) -> None:
-        now = self._clock()
-        if now - self._last_cut < self._last_rtt:
-            return  # the same burst: requests sent before the last cut answering now
-        self._last_cut = now
+    def _cut(self, factor: float, *, sent_at: float) -> bool:
+        """Cut by ``factor`` unless the request was sent before the last cut (the same
+        burst); whether it cut."""
+        if sent_at < self._last_cut:
+            return False
+        self._last_cut = self._clock()
         self._credit = 0.0
         self._limit = max(float(self.min_limit), self._limit * factor)
+        return True
 
 
 class Slot:
     """One request's permit; end it with exactly one of the three outcomes."""
 
-    __slots__ = ("_ended", "_limiter", "_started")
+    __slots__ = ("_ended", "_in_flight", "_limiter", "_started")
 
     def __init__(self, limiter: EndpointLimiter, started: float) -> None:
         self._limiter = limiter
         self._started = started
+        self._in_flight = limiter.in_flight  # at the start, this request included
         self._ended = False
 
     def success(self, events: int) -> None:
@@ -168,7 +174,7 @@ class Slot:
     def dropped(self) -> None:
         """The endpoint shed the request (429, 503, 504, a timeout)."""
         if self._end():
-            self._limiter.dropped()
+            self._limiter.dropped(self._started, self._in_flight)
 
     def ignore(self) -> None:
         """Failed before a meaningful sample (event errors, bisection, connect errors)."""
@@ -263,9 +269,9 @@ class EndpointLimiter:
         if self.limit.current != before:
             self._wake()
 
-    def dropped(self) -> None:
+    def dropped(self, sent_at: float, in_flight: int) -> None:
         before = self.limit.current
-        self.limit.on_dropped()
+        self.limit.on_dropped(sent_at, in_flight)
         if self.limit.current != before:
             self._report()
 

@@ -13,6 +13,41 @@ from tests.support.clock import FakeClock
 RTT = 0.05
 
 
+class SheddingEndpoint:
+    """A fake endpoint of ``capacity`` requests at once, RTT each, that rejects any request
+    beyond it (the emulator's capacity fault) with a 429 that takes ``reject_s`` to come
+    back, driven by a limit on a fake clock."""
+
+    def __init__(self, capacity: int, clock: FakeClock, reject_s: float = 0.002) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self.reject_s = reject_s
+        self.rejections: list[float] = []  # when each rejected request was sent
+
+    def run(self, limit: AdaptiveLimit, seconds: float) -> None:
+        # (due, sent, in flight at the send, served?) of every outstanding request
+        outstanding: list[tuple[float, float, int, bool]] = []
+        end = self.clock() + seconds
+        while self.clock() < end:
+            for request in sorted(outstanding):
+                due, sent, in_flight_at_send, served = request
+                if due <= self.clock():
+                    outstanding.remove(request)
+                    if served:
+                        limit.on_success(RTT / 100, RTT, len(outstanding) + 1)
+                    else:
+                        limit.on_dropped(sent, in_flight_at_send)
+            while len(outstanding) < limit.current:
+                now, in_flight = self.clock(), len(outstanding) + 1
+                serving = sum(1 for r in outstanding if r[3])
+                if serving < self.capacity:
+                    outstanding.append((now + RTT, now, in_flight, True))
+                else:
+                    self.rejections.append(now)
+                    outstanding.append((now + self.reject_s, now, in_flight, False))
+            self.clock.advance(0.001)
+
+
 def saturated(limit: AdaptiveLimit, clock: FakeClock, n: int, latency: float = 0.001) -> None:
     """``n`` successes while the limit is fully used, one round trip apart per limit's worth."""
     for _ in range(n):
@@ -38,21 +73,37 @@ def test_does_not_grow_while_the_limit_is_not_what_holds_traffic_back() -> None:
     assert limit.current == 2
 
 
-def test_overload_cuts_multiplicatively_once_per_round_trip() -> None:
+def test_overload_cuts_multiplicatively_once_per_burst() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(1, 16, initial=10, clock=clock)
-    limit.on_success(0.001, RTT, 10)
-    limit.on_dropped()
+    sent = clock()
+    clock.advance(0.001)
+    limit.on_dropped(sent, 10)
     assert limit.current == 7
-    limit.on_dropped()  # another request of the same burst
+    limit.on_dropped(sent, 9)  # another request of the same burst, sent before the cut
     assert limit.current == 7, "one burst counts once"
-    clock.advance(2 * RTT)
-    limit.on_dropped()
+    clock.advance(0.001)
+    limit.on_dropped(clock(), 7)  # sent after the cut: the new limit is too high as well
     assert limit.current == 4
     for _ in range(10):
-        clock.advance(2 * RTT)
-        limit.on_dropped()
+        clock.advance(0.001)
+        limit.on_dropped(clock(), 4)
     assert limit.current == 1, "never below min_in_flight"
+
+
+def test_a_burst_from_the_ceiling_settles_at_the_capacity_within_a_round_trip_or_two() -> None:
+    """Started at a ceiling of 16 against an endpoint that answers 4 at once and rejects
+    the rest at once: the rejections of the first burst count once, and the concurrency
+    remembered is the one the endpoint rejected at (5), not the limit left after the cuts
+    (at 2, the limit waited a probe interval per level: 10 s at half rate in the bench)."""
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, probe_interval_s=5.0, clock=clock)
+    endpoint = SheddingEndpoint(capacity=4, clock=clock)
+    start = clock()
+    endpoint.run(limit, seconds=1.0)
+    assert limit.current == 4
+    assert endpoint.rejections, "the burst met the capacity"
+    assert max(endpoint.rejections) - start < RTT, "and no 429 came after its round trip"
 
 
 def test_growth_past_the_level_that_overloaded_is_tried_once_per_probe_interval() -> None:
@@ -60,7 +111,7 @@ def test_growth_past_the_level_that_overloaded_is_tried_once_per_probe_interval(
     clock = FakeClock()
     limit = AdaptiveLimit(1, 8, initial=3, probe_interval_s=5.0, clock=clock)
     limit.on_success(0.001, RTT, 3)
-    limit.on_dropped()  # capacity is 2
+    limit.on_dropped(clock(), 3)  # capacity is 2
     assert limit.current == 2
     saturated(limit, clock, 40)  # 40 successes take 1 s
     assert limit.current == 2, "does not walk straight back into the 429"
@@ -96,7 +147,7 @@ def test_a_bigger_batch_at_the_same_latency_per_event_is_not_queueing() -> None:
 
 def test_fixed_limit_never_moves() -> None:
     limit = FixedLimit(4)
-    limit.on_dropped()
+    limit.on_dropped(0.0, 5)
     limit.on_success(1.0, 1.0, 4)
     assert limit.current == 4
 
