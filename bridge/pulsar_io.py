@@ -22,7 +22,12 @@ import pulsar.asyncio as pulsar_asyncio
 from bridge.config_bridge import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth
 from bridge.config_route import SourceSettings
 from bridge.errors import BrokerError
-from bridge.pulsar_publish import CallbackThreads, Publisher
+from bridge.pulsar_publish import (
+    DEDUP_BATCH_MAX_BYTES,
+    DEDUP_BATCH_MAX_MESSAGES,
+    CallbackThreads,
+    Publisher,
+)
 from bridge.pulsar_source import Source, TopicReader
 
 _CONSUMER_TYPES = {
@@ -87,10 +92,12 @@ class PulsarConnection:
     ) -> Publisher:
         """A producer on ``topic``; at most ``max_pending`` messages wait on the broker.
         A ``producer_name`` is what broker deduplication keys on (effectively-once); such a
-        producer does not batch: the C++ client sends a batch with its first message's
-        sequence id alone (no highest id) and counts the ids of a batch as consecutive, so
-        the broker would remember only the first id of each batch, and a message of the
-        batch sent again later would be stored twice (seen in tests/test_effectively_once_e2e).
+        producer is made for :meth:`Publisher.publish_batch`: it batches up to the bounds
+        of one deduplicated batch and never on a timer, so each batch the caller composes
+        and flushes leaves as one entry, kept or dropped whole by its one sequence id.
+        (Batched by the client's own rules instead, a batch would carry its first
+        message's id alone, the broker would remember only that, and a message of the
+        batch sent again later would be stored twice: seen in tests/test_effectively_once_e2e.)
         ``schema`` (Pulsar's type name and definition text) is declared by the producer,
         so the broker registers it, or refuses it as incompatible, and every message
         carries its version; the caller encodes the payloads."""
@@ -105,9 +112,7 @@ class PulsarConnection:
                 # room, so a send never fails for a full queue (it would fail silently).
                 max_pending_messages=0,
                 block_if_queue_full=False,
-                batching_enabled=producer_name is None,
-                batching_max_publish_delay_ms=5,
-                batching_max_messages=1000,
+                **(_BATCHING if producer_name is None else _DEDUP_BATCHING),
             )
         except pulsar_asyncio.PulsarException as exc:
             raise BrokerError(
@@ -215,6 +220,22 @@ class PulsarConnection:
             await asyncio.to_thread(self._client._client.close)
         except _pulsar.PulsarException as exc:
             raise BrokerError(f"closing the Pulsar client failed: {exc}") from exc
+
+
+# Results and dead letters: batches of what is ready, closed after 5 ms at the latest.
+_BATCHING: dict[str, Any] = {
+    "batching_enabled": True,
+    "batching_max_publish_delay_ms": 5,
+    "batching_max_messages": 1000,
+}
+# Deduplicated batches (Publisher.publish_batch): closed by a flush or when full, never by
+# time, so a batch the caller composed is never split (the timer is set beyond any flush).
+_DEDUP_BATCHING: dict[str, Any] = {
+    "batching_enabled": True,
+    "batching_max_publish_delay_ms": 3_600_000,
+    "batching_max_messages": DEDUP_BATCH_MAX_MESSAGES,
+    "batching_max_allowed_size_in_bytes": DEDUP_BATCH_MAX_BYTES,
+}
 
 
 # The bridge's log level -> the client's. The client's INFO lines (a dozen per producer

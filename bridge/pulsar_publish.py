@@ -56,6 +56,12 @@ _REJECTED = frozenset({_pulsar.Result.MessageTooBig, _pulsar.Result.InvalidMessa
 # the client cannot send fails alone; so each such message gets its own confirmation.
 CONFIRM_EACH_ABOVE_BYTES = 64 * 1024
 
+# What one deduplicated batch (:meth:`Publisher.publish_batch`) may hold. A producer made
+# for them batches up to exactly these bounds and has no time bound, so the client closes
+# a batch only when it is full or flushed: a batch within them leaves as one broker entry.
+DEDUP_BATCH_MAX_MESSAGES = 1000
+DEDUP_BATCH_MAX_BYTES = 512 * 1024
+
 
 class Publisher:
     """A producer on one topic; publishing returns once the broker has the messages.
@@ -127,6 +133,23 @@ class Publisher:
             await self._reserve(len(chunk))
             await self._send(chunk, outcomes, start, sequence_ids)
         return outcomes
+
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], sequence_id: int
+    ) -> BrokerError | None:
+        """Publish ``messages`` as one batch, one broker entry, that broker deduplication
+        keeps or drops as a whole by ``sequence_id``; None once the broker has it.
+
+        The producer must be one made for deduplicated batches (``dedup_batches`` in
+        :meth:`bridge.pulsar_io.PulsarConnection.publisher`) and the batch within
+        ``DEDUP_BATCH_MAX_MESSAGES`` and ``DEDUP_BATCH_MAX_BYTES`` of payload. Every message
+        carries ``sequence_id``: the C++ client names a batch by its first message's id and
+        sends no highest id, so the broker remembers exactly the id given here.
+        """
+        outcomes: list[BrokerError | None] = [None] * len(messages)
+        await self._reserve(len(messages))
+        await self._send(messages, outcomes, 0, [sequence_id] * len(messages))
+        return next((outcome for outcome in outcomes if outcome is not None), None)
 
     async def _reserve(self, count: int) -> None:
         while self._pending and self._pending + count > self._max_pending:

@@ -4,20 +4,16 @@ rules (admission, source order, dead letters, halting), with a scripted producer
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import cast
 
 import pytest
 from structlog.testing import capture_logs
 
-from bridge.effectively_once import (
-    EffectivelyOnce,
-    OutOfRange,
-    PartitionLine,
-    SequencedPublisher,
-    sequence_id,
-)
+from bridge.effectively_once import EffectivelyOnce, OutOfRange, sequence_id
 from bridge.errors import BrokerError
+from bridge.partition_line import PartitionLine, SequencedPublisher
 from bridge.pulsar_publish import OutgoingMessage
 from bridge.pulsar_source import Position, Received
 
@@ -55,28 +51,32 @@ class FakeReceived:
 
 
 class ScriptedProducer:
-    """Records what is sent; a send completes when the test releases it."""
+    """Records each batch sent (the ids of its results, read from their payloads, and
+    the id it was sent under); a send completes when the test releases it."""
 
     def __init__(self, last: int = -1) -> None:
         self.last_sequence_id = last
         self.sent: list[list[int]] = []
+        self.batch_ids: list[int] = []
         self.release = asyncio.Event()
         self.release.set()
         self.fail_next = False
         self.answered = asyncio.Event()  # set once a send has its outcomes
 
-    async def publish_all(
-        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
-    ) -> list[BrokerError | None]:
-        assert sequence_ids is not None
-        self.sent.append(list(sequence_ids))
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], sequence_id: int
+    ) -> BrokerError | None:
+        self.sent.append([seq(json.loads(data)["prediction"]) for data, _, _ in messages])
+        self.batch_ids.append(sequence_id)
         await self.release.wait()
         if self.fail_next:
             self.fail_next = False
-            return [BrokerError("timed out")] * len(messages)
-        self.last_sequence_id = max(self.last_sequence_id, *sequence_ids)
+            return BrokerError("timed out")
+        # The C++ client's own count, which a line must not trust: a batch's ids taken
+        # as consecutive from the one it was sent under.
+        self.last_sequence_id = sequence_id + len(messages) - 1
         self.answered.set()
-        return [None] * len(messages)
+        return None
 
 
 def msg(n: int) -> OutgoingMessage:
@@ -263,13 +263,13 @@ class RaisingProducer(ScriptedProducer):
         super().__init__()
         self.raise_next = True
 
-    async def publish_all(
-        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
-    ) -> list[BrokerError | None]:
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], sequence_id: int
+    ) -> BrokerError | None:
         if self.raise_next:
             self.raise_next = False
             raise RuntimeError("client bug")
-        return await super().publish_all(messages, sequence_ids)
+        return await super().publish_batch(messages, sequence_id)
 
 
 async def test_a_sender_that_raises_fails_its_results_like_a_send_and_is_logged() -> None:
@@ -290,11 +290,11 @@ class ClosableProducer(ScriptedProducer):
         self.closed = False
         self.cancelled = False
 
-    async def publish_all(
-        self, messages: Sequence[OutgoingMessage], sequence_ids: Sequence[int] | None = None
-    ) -> list[BrokerError | None]:
+    async def publish_batch(
+        self, messages: Sequence[OutgoingMessage], sequence_id: int
+    ) -> BrokerError | None:
         try:
-            return await super().publish_all(messages, sequence_ids)
+            return await super().publish_batch(messages, sequence_id)
         except asyncio.CancelledError:
             self.cancelled = True
             raise
@@ -331,3 +331,50 @@ async def test_closing_stops_a_producer_still_being_opened() -> None:
     await eo.close()
     with pytest.raises(asyncio.CancelledError):
         await admitting
+
+
+async def test_a_ready_prefix_leaves_in_batches_each_named_by_its_highest_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bridge.partition_line.DEDUP_BATCH_MAX_MESSAGES", 2)
+    producer = ScriptedProducer()
+    line = line_with(producer, range(5))
+    stored = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in range(5)))
+    assert list(stored) == [None] * 5
+    assert producer.sent == [[seq(0), seq(1)], [seq(2), seq(3)], [seq(4)]]
+    assert producer.batch_ids == [seq(1), seq(3), seq(4)]
+
+
+async def test_what_is_stored_is_known_from_the_batches_not_the_clients_count() -> None:
+    """The C++ client counts a batch's ids as consecutive from the one it was sent under;
+    trusting it, the ids above a batch would pass for stored and be acked unpublished."""
+    producer = ScriptedProducer()
+    line = PartitionLine(cast(SequencedPublisher, producer))
+    ids = [sequence_id(Position(0, 5, 7, i)) for i in range(4)]  # one batched entry
+    for i in (0, 1):
+        assert line.admit(ids[i], cast(Received, FakeReceived(7))) == "new"
+    stored = await asyncio.gather(line.result(ids[0], msg(0)), line.result(ids[1], msg(1)))
+    assert list(stored) == [None, None]
+    assert producer.last_sequence_id == ids[2], "the client's count runs ahead"
+    assert line.last_stored == ids[1]
+    assert line.admit(ids[2], cast(Received, FakeReceived(7))) == "new"
+
+
+async def test_no_batch_crosses_the_id_of_a_batch_that_failed_until_it_is_confirmed() -> None:
+    """A failed batch may have been stored all the same; a later batch holding its ids
+    and higher ones would be kept by the broker and store those ids twice."""
+    producer = ScriptedProducer()
+    producer.fail_next = True
+    line = line_with(producer, range(6))
+    first = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in range(4)))
+    assert all(isinstance(o, BrokerError) for o in first)
+    line.ended(seq(3), nacked=False)  # dead-lettered meanwhile: the boundary stays
+    again = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in (0, 1, 2, 4, 5)))
+    assert list(again) == [None] * 5
+    assert producer.sent == [
+        [seq(0), seq(1), seq(2), seq(3)],
+        [seq(0), seq(1), seq(2)],
+        [seq(4), seq(5)],
+    ]
+    assert producer.batch_ids == [seq(3), seq(2), seq(5)]
+    assert line.last_stored == seq(5)

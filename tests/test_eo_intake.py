@@ -7,8 +7,9 @@ import asyncio
 from typing import cast
 
 from bridge import eo_intake
-from bridge.effectively_once import EffectivelyOnce, SequencedPublisher
+from bridge.effectively_once import EffectivelyOnce
 from bridge.observe import Metrics, RouteMetrics
+from bridge.partition_line import SequencedPublisher
 from bridge.pulsar_source import Position, Received, Source
 from tests.test_effectively_once import FakeReceived, ScriptedProducer, seq
 from tests.test_settle import FakeSource
