@@ -21,8 +21,15 @@ import pulsar
 import pytest
 
 from bridge.config import load_config
+from bridge.config_bridge import PulsarSettings
 from bridge.emulator import EmulatorServer, score
 from bridge.errors import ConfigError
+from bridge.pulsar_io import PulsarConnection
+from bridge.pulsar_publish import (
+    DEDUP_BATCH_MAX_BYTES,
+    DEDUP_BATCH_MAX_MESSAGES,
+    OutgoingMessage,
+)
 from tests.conftest import APACHE_ONLY, CLIENT_ID, CLIENT_SECRET, BridgeFactory
 from tests.support.apache import ApachePulsarBroker
 from tests.support.harness import (
@@ -96,6 +103,43 @@ def eo_route(topics: Topics) -> dict[str, Any]:
         batch={"max_events": 50, "linger_ms": 5},
         failure={"circuit_probe_max_s": 0.5, "retry_after_max_s": 1},
     )
+
+
+@APACHE_ONLY
+@pytest.mark.integration
+async def test_a_deduplicated_batch_is_one_entry_the_broker_keeps_or_drops_whole(
+    apache_broker: ApachePulsarBroker, pulsar_client: pulsar.Client
+) -> None:
+    """What the result lines rely on, asked of the real client and broker: a batch sent
+    with publish_batch is one entry, under its one id, whatever its size within the
+    bounds, and a batch under an id at or below the highest stored is dropped whole."""
+    topic = topics_in(namespace(apache_broker, deduplication=True)).result
+    name = f"eo-batch-{uuid.uuid4().hex[:8]}"
+    connection = PulsarConnection(PulsarSettings(service_url=apache_broker.url))
+    try:
+        publisher = await connection.publisher(topic, producer_name=name)
+        small: list[OutgoingMessage] = [(b"a%d" % i, {}, None) for i in range(3)]
+        counted: list[OutgoingMessage] = [
+            (b"c%d" % i, {}, None) for i in range(DEDUP_BATCH_MAX_MESSAGES)
+        ]
+        piece = DEDUP_BATCH_MAX_BYTES // 8  # the byte bound exactly, in 8 messages
+        sized: list[OutgoingMessage] = [(bytes([65 + i]) * piece, {}, None) for i in range(8)]
+        assert await publisher.publish_batch(small, 12) is None
+        assert await publisher.publish_batch(small, 12) is None, "sent again: dropped"
+        assert await publisher.publish_batch(small[:2], 11) is None, "below: dropped"
+        assert await publisher.publish_batch(counted, 2000) is None
+        assert await publisher.publish_batch(sized, 3000) is None
+        await publisher.close()
+        again = await connection.publisher(topic, producer_name=name)
+        assert again.last_sequence_id == 3000, "the broker remembers the highest id"
+        await again.close()
+    finally:
+        await connection.close()
+    stored = TopicReader(pulsar_client, topic).read_quiet(2000)
+    assert [m.data for m in stored] == [m[0] for m in small + counted + sized]
+    # "(ledger,entry,partition,batch index)": the first two name the entry
+    entries = {tuple(m.message_id.strip("()").split(",")[:2]) for m in stored}
+    assert len(entries) == 3, "one entry per batch"
 
 
 @APACHE_ONLY
