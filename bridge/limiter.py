@@ -16,11 +16,13 @@ Retry-After or shared pauses, so the algorithm is ours; the token buckets are ai
 
 Why these rules:
 
-* Overload (429, 503, 504, a timeout) cuts the limit multiplicatively, once per burst:
-  an answer to a request sent before the last cut says nothing about the limit since, so
-  it neither cuts again nor is remembered. (A round-trip guard was not enough: 429s come
-  back at once, before any round trip is known, and a start at the ceiling cut 16 down to
-  2 in one burst.)
+* Overload (429, 503, 504, a timeout) cuts the limit multiplicatively, once per burst: an
+  answer to a request sent before the last overload cut, arriving within a round trip of
+  it (``burst_s`` at least), is of the same burst and neither cuts again nor is
+  remembered. Both halves matter: 429s come back at once, before any round trip is known
+  (with a round-trip guard alone, a start at the ceiling cut 16 down to 2 in one burst),
+  and timeouts come back a whole timeout after their send (with the sent-before rule
+  alone, overload seen as timeouts would cut once per timeout period).
 * It starts at the ceiling, as a fixed limit would: a healthy endpoint never waits for it
   to grow, and an overloaded one is found by its first answers.
 * Success grows it by one per round trip's worth of successes, and only while the limit is
@@ -86,6 +88,7 @@ class AdaptiveLimit:
         tolerance: float = 2.0,
         min_queueing_s: float = 0.01,
         probe_interval_s: float = 5.0,
+        burst_s: float = 0.1,
         clock: Clock = time.monotonic,
     ) -> None:
         self.min_limit = min_limit
@@ -100,7 +103,10 @@ class AdaptiveLimit:
         self._short: float | None = None  # recent latency per event (fast EWMA)
         self._long: float | None = None  # its baseline (slow EWMA)
         self._credit = 0.0  # successes towards the next +1
-        self._last_cut = -math.inf
+        self._last_cut = -math.inf  # any cut: latency and overload
+        self._last_drop_cut = -math.inf  # an overload cut: what a burst of drops is
+        self._burst_s = burst_s
+        self._rtt_s = 0.0  # the last success's round trip
         self._overloaded_at: int | None = None  # the limit at which overload was last seen
         self._probe_at = -math.inf
 
@@ -110,6 +116,7 @@ class AdaptiveLimit:
 
     def on_success(self, latency_per_event_s: float, rtt_s: float, in_flight: int) -> None:
         """``in_flight``: requests outstanding when this one ended, itself included."""
+        self._rtt_s = rtt_s
         sample = max(latency_per_event_s, 1e-9)
         if self._short is None or self._long is None:
             self._short = self._long = sample
@@ -120,7 +127,8 @@ class AdaptiveLimit:
         queueing_s = (self._short - self._long) * events
         if self._short > self._tolerance * self._long and queueing_s > self._min_queueing_s:
             # Latency per event rising: requests are queueing at the endpoint.
-            self._cut(0.9, sent_at=self._clock() - rtt_s)
+            if self._clock() - rtt_s >= self._last_cut:  # not a request of the last cut's
+                self._cut(0.9)
             return
         if in_flight < self.current:
             return  # the limit is not what holds traffic back; growing it proves nothing
@@ -139,19 +147,22 @@ class AdaptiveLimit:
         self._limit = min(float(self.max_limit), target)
 
     def on_dropped(self, sent_at: float, in_flight: int) -> None:
-        if self._cut(self._backoff, sent_at=sent_at):
-            self._overloaded_at = in_flight
-            self._probe_at = self._clock() + self._probe_interval_s
+        now = self._clock()
+        if sent_at < self._last_drop_cut and now - self._last_drop_cut < max(
+            self._rtt_s, self._burst_s
+        ):
+            return  # the same burst: sent before the last cut, answering right after it
+        # The concurrency the endpoint refused at, as far as this request tells: it was
+        # sent with ``in_flight`` outstanding, and under the limit of the time.
+        self._overloaded_at = min(in_flight, self.current)
+        self._probe_at = now + self._probe_interval_s
+        self._last_drop_cut = now
+        self._cut(self._backoff)
 
-    def _cut(self, factor: float, *, sent_at: float) -> bool:
-        """Cut by ``factor`` unless the request was sent before the last cut (the same
-        burst); whether it cut."""
-        if sent_at < self._last_cut:
-            return False
+    def _cut(self, factor: float) -> None:
         self._last_cut = self._clock()
         self._credit = 0.0
         self._limit = max(float(self.min_limit), self._limit * factor)
-        return True
 
 
 class Slot:

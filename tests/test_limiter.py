@@ -91,6 +91,34 @@ def test_overload_cuts_multiplicatively_once_per_burst() -> None:
     assert limit.current == 1, "never below min_in_flight"
 
 
+def test_timeouts_of_requests_sent_before_a_cut_still_cut_once_a_round_trip_has_passed() -> None:
+    """Overload seen as timeouts: every answer comes a whole timeout after its send, so all
+    were sent before the first cut; each one arriving after the burst window cuts again."""
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, burst_s=0.1, clock=clock)
+    sent = clock()
+    clock.advance(120.0)
+    for _ in range(16):
+        limit.on_dropped(sent, 16)
+        clock.advance(0.2)
+    assert limit.current == 1
+
+
+def test_a_latency_cut_does_not_hide_the_429s_that_follow_it() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(1, 16, clock=clock)
+    for _ in range(50):
+        clock.advance(RTT)
+        limit.on_success(0.001, RTT, 16)
+    for _ in range(5):
+        clock.advance(RTT)
+        limit.on_success(0.01, RTT, 16)  # queueing: a latency cut
+    after_latency = limit.current
+    assert after_latency < 16
+    limit.on_dropped(clock() - 0.001, 16)  # sent just before that cut
+    assert limit.current == int(after_latency * 0.7)
+
+
 def test_a_burst_from_the_ceiling_settles_at_the_capacity_within_a_round_trip_or_two() -> None:
     """Started at a ceiling of 16 against an endpoint that answers 4 at once and rejects
     the rest at once: the rejections of the first burst count once, and the concurrency
