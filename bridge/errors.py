@@ -117,5 +117,10 @@ class ResultRejected(BrokerError):
     sending it again cannot help, so its event is dead-lettered instead."""
 
 
+class BatchRefused(BrokerError):
+    """The client or broker refused a deduplicated batch as a whole (larger than the broker
+    accepts): its results are fine, and go again in smaller batches."""
+
+
 class ShutdownRequested(BridgeError):
     """The daemon is draining; work that has not started should be handed back."""

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import structlog
 
-from bridge.errors import BrokerError
+from bridge.errors import BatchRefused, BrokerError
 from bridge.pulsar_publish import DEDUP_BATCH_MAX_BYTES, DEDUP_BATCH_MAX_MESSAGES, OutgoingMessage
 from bridge.pulsar_source import Received
 
@@ -91,9 +91,11 @@ class PartitionLine:
     # The ids of batches that failed and may have been stored all the same: no batch
     # crosses one until a batch up to it is confirmed.
     _unsure: list[int] = field(default_factory=list)
+    _batch_limit: int = field(init=False)  # halved by each batch refused as too large
 
     def __post_init__(self) -> None:
         self._stored_through = self.publisher.last_sequence_id
+        self._batch_limit = DEDUP_BATCH_MAX_MESSAGES
 
     @property
     def idle(self) -> bool:
@@ -125,6 +127,12 @@ class PartitionLine:
 
     def result(self, seq: int, message: OutgoingMessage) -> asyncio.Future[BrokerError | None]:
         """Hand in ``seq``'s result; the future says whether the broker stored it."""
+        slot = self.slots.get(seq)
+        if slot is None and seq <= self.last_stored:
+            # Failed by a halt while its batch was on its way, which the broker then stored.
+            stored: asyncio.Future[BrokerError | None] = asyncio.get_running_loop().create_future()
+            stored.set_result(None)
+            return stored
         slot = self.slots[seq]
         slot.stored = asyncio.get_running_loop().create_future()
         if self.halted_at is not None and seq > self.halted_at:
@@ -159,6 +167,7 @@ class PartitionLine:
         for other in [s for s in self.ids if s > seq]:
             slot = self.slots[other]
             if slot.stored is not None and not slot.stored.done():
+                slot.message = None  # sent only when handed in again, after the halt
                 slot.stored.set_result(BrokerError(reason))
 
     def _ready_prefix(self) -> list[int]:
@@ -205,7 +214,8 @@ class PartitionLine:
             self._sending = False
 
     async def _send_prefixes(self) -> None:
-        """Send ready prefixes, one at a time (so ids reach the producer in order)."""
+        """Send what is ready, a batch at a time (so ids reach the producer in order), the
+        ready prefix worked out again after each send: a nack or a halt may come meanwhile."""
         while True:
             prefix = self._ready_prefix()
             if not prefix:
@@ -213,36 +223,42 @@ class PartitionLine:
             for seq in [s for s in prefix if self.slots[s].ended]:
                 self._drop(seq)
             sending = [s for s in prefix if s in self.slots]
-            for batch in self._batches(sending):
-                if not await self._send_batch(batch):
-                    return  # the processor retries in place and hands the results in again
+            if sending and not await self._send_batch(self._first_batch(sending)):
+                return  # the processor retries in place and hands the results in again
 
-    def _batches(self, ids: list[int]) -> list[list[int]]:
-        """``ids`` (ascending) cut into batches within the bounds of one broker entry,
-        none crossing an id that may have been stored."""
-        batches: list[list[int]] = []
+    def _first_batch(self, ids: list[int]) -> list[int]:
+        """The first batch of ``ids`` (ascending): within the bounds of one broker entry
+        (the client closes a batch once it is full, so a batch ends where it would), and
+        not crossing an id that may have been stored."""
         batch: list[int] = []
         size = 0
         for seq in ids:
-            message = self.slots[seq].message
-            length = 0 if message is None else len(message[0])
+            length = _size(self.slots[seq].message)
             if batch and (
-                any(batch[-1] <= unsure < seq for unsure in self._unsure)
-                or len(batch) >= DEDUP_BATCH_MAX_MESSAGES
+                len(batch) >= self._batch_limit
+                or size >= DEDUP_BATCH_MAX_BYTES
                 or size + length > DEDUP_BATCH_MAX_BYTES
+                or any(batch[-1] <= unsure < seq for unsure in self._unsure)
             ):
-                batches.append(batch)
-                batch, size = [], 0
+                break
             batch.append(seq)
             size += length
-        if batch:
-            batches.append(batch)
-        return batches
+        return batch
 
     async def _send_batch(self, batch: list[int]) -> bool:
         """Send one batch named by its highest id; whether the broker has it."""
         messages = [m for m in (self.slots[s].message for s in batch) if m is not None]
         outcome = await self.publisher.publish_batch(messages, batch[-1])
+        if isinstance(outcome, BatchRefused):
+            # Too large for the broker as a whole: smaller from now on, down to one result,
+            # which the broker then refuses (or takes) on its own.
+            self._batch_limit = max(1, len(batch) // 2)
+            log.warning(
+                "result_batch_refused",
+                source_partition=self.partition,
+                results=len(batch),
+                batch_limit=self._batch_limit,
+            )
         if outcome is None:
             self._stored_through = max(self._stored_through, batch[-1])
             self._unsure = [unsure for unsure in self._unsure if unsure > batch[-1]]
@@ -259,3 +275,12 @@ class PartitionLine:
             if not slot.stored.done():
                 slot.stored.set_result(outcome)
         return outcome is None
+
+
+def _size(message: OutgoingMessage | None) -> int:
+    """What a result adds to a batch: its payload (all the client counts), and its key and
+    properties, which the broker's message size limit counts too."""
+    if message is None:
+        return 0
+    data, properties, key = message
+    return len(data) + len(key or "") + sum(len(k) + len(v) + 8 for k, v in properties.items())

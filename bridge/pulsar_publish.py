@@ -18,7 +18,7 @@ from typing import Any
 import _pulsar
 import pulsar.asyncio as pulsar_asyncio
 
-from bridge.errors import BrokerError, ResultRejected
+from bridge.errors import BatchRefused, BrokerError, ResultRejected
 
 
 class CallbackThreads:
@@ -144,11 +144,15 @@ class Publisher:
         :meth:`bridge.pulsar_io.PulsarConnection.publisher`) and the batch within
         ``DEDUP_BATCH_MAX_MESSAGES`` and ``DEDUP_BATCH_MAX_BYTES`` of payload. Every message
         carries ``sequence_id``: the C++ client names a batch by its first message's id and
-        sends no highest id, so the broker remembers exactly the id given here.
+        sends no highest id, so the broker remembers exactly the id given here. A batch of
+        more than one message refused as too large comes back as BatchRefused.
         """
         outcomes: list[BrokerError | None] = [None] * len(messages)
         await self._reserve(len(messages))
-        await self._send(messages, outcomes, 0, [sequence_id] * len(messages))
+        flushed = await self._send(messages, outcomes, 0, [sequence_id] * len(messages))
+        refused = flushed in _REJECTED or any(isinstance(o, ResultRejected) for o in outcomes)
+        if refused and len(messages) > 1:
+            return BatchRefused(f"publish to {self.topic} failed: {flushed}: batch too large")
         return next((outcome for outcome in outcomes if outcome is not None), None)
 
     async def _reserve(self, count: int) -> None:
@@ -167,7 +171,8 @@ class Publisher:
         outcomes: list[BrokerError | None],
         start: int,
         sequence_ids: Sequence[int] | None = None,
-    ) -> None:
+    ) -> Any:
+        """Send ``chunk`` and flush; fills ``outcomes`` and returns the flush's result."""
         loop = asyncio.get_running_loop()
         settled: asyncio.Future[None] = loop.create_future()
         confirmations = _Confirmations(
@@ -199,6 +204,7 @@ class Publisher:
             error = BrokerError(f"publish to {self.topic} failed: {confirmations.flush_result}")
             for index in range(start, start + len(chunk)):
                 outcomes[index] = outcomes[index] or error
+        return confirmations.flush_result
 
     def _settle(self, settled: asyncio.Future[None], count: int) -> None:
         # Room is given back here, on the loop, even if the publishing task was cancelled:

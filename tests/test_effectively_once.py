@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from bridge.effectively_once import EffectivelyOnce, OutOfRange, sequence_id
-from bridge.errors import BrokerError
+from bridge.errors import BatchRefused, BrokerError
 from bridge.partition_line import PartitionLine, SequencedPublisher
 from bridge.pulsar_publish import OutgoingMessage
 from bridge.pulsar_source import Position, Received
@@ -66,7 +66,7 @@ class ScriptedProducer:
     async def publish_batch(
         self, messages: Sequence[OutgoingMessage], sequence_id: int
     ) -> BrokerError | None:
-        self.sent.append([seq(json.loads(data)["prediction"]) for data, _, _ in messages])
+        self.sent.append([_entry(data) for data, _, _ in messages])
         self.batch_ids.append(sequence_id)
         await self.release.wait()
         if self.fail_next:
@@ -77,6 +77,14 @@ class ScriptedProducer:
         self.last_sequence_id = sequence_id + len(messages) - 1
         self.answered.set()
         return None
+
+
+def _entry(data: bytes) -> int:
+    """The id of the result ``msg`` made (-1 for another payload)."""
+    try:
+        return seq(json.loads(data)["prediction"])
+    except ValueError:
+        return -1
 
 
 def msg(n: int) -> OutgoingMessage:
@@ -378,3 +386,62 @@ async def test_no_batch_crosses_the_id_of_a_batch_that_failed_until_it_is_confir
     ]
     assert producer.batch_ids == [seq(3), seq(2), seq(5)]
     assert line.last_stored == seq(5)
+
+
+async def test_a_batch_ends_where_the_client_would_close_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client closes a batch once its payloads reach the byte bound: a result after an
+    exact fill, even an empty one, would be a second entry under the same id, dropped."""
+    monkeypatch.setattr("bridge.partition_line.DEDUP_BATCH_MAX_BYTES", 40)
+    producer = ScriptedProducer()
+    line = line_with(producer, range(4))
+    exact: OutgoingMessage = (b"x" * 40, {}, None)  # fills the bound alone
+    keyed: OutgoingMessage = (b"y" * 10, {"k" * 8: "v" * 8}, "key-1234")  # 10 + 24 + 8 counted: 42
+    handed = [(0, exact), (1, (b"", {}, None)), (2, keyed), (3, msg(3))]
+    stored = await asyncio.gather(*(line.result(seq(n), m) for n, m in handed))
+    assert list(stored) == [None] * 4
+    assert producer.batch_ids == [seq(0), seq(1), seq(2), seq(3)]
+    assert [len(batch) for batch in producer.sent] == [1, 1, 1, 1]
+
+
+async def test_a_batch_refused_as_too_large_goes_again_in_smaller_batches() -> None:
+    class Refusing(ScriptedProducer):
+        async def publish_batch(
+            self, messages: Sequence[OutgoingMessage], sequence_id: int
+        ) -> BrokerError | None:
+            if len(messages) > 2:
+                self.sent.append([])
+                return BatchRefused("batch too large")
+            return await super().publish_batch(messages, sequence_id)
+
+    producer = Refusing()
+    line = line_with(producer, range(4))
+    first = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in range(4)))
+    assert all(isinstance(o, BatchRefused) for o in first), "fine results: sent again"
+    again = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in range(4)))
+    assert list(again) == [None] * 4
+    assert producer.sent == [[], [seq(0), seq(1)], [seq(2), seq(3)]]
+
+
+async def test_a_nack_while_a_batch_is_on_its_way_stops_the_batches_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bridge.partition_line.DEDUP_BATCH_MAX_MESSAGES", 2)
+    producer = ScriptedProducer()
+    producer.release.clear()
+    line = line_with(producer, range(4))
+    handed = [line.result(seq(n), msg(n)) for n in range(4)]
+    await asyncio.sleep(0)
+    assert producer.sent == [[seq(0), seq(1)]]
+    line.ended(seq(0), nacked=True)  # a stop hands 0 back while [0, 1] is on its way
+    producer.release.set()
+    outcomes = await asyncio.gather(*handed[1:])  # 0's was handed back, not awaited
+    assert all(isinstance(o, BrokerError) for o in outcomes), "failed by the halt"
+    await asyncio.sleep(0)
+    assert producer.sent == [[seq(0), seq(1)]], "[2, 3] not sent on its own"
+    assert line.halted_at is None, "the broker stored 0 after all"
+    assert line.admit(seq(0), cast(Received, FakeReceived(0))) == "stored"
+    again = await asyncio.gather(*(line.result(seq(n), msg(n)) for n in (1, 2, 3)))
+    assert list(again) == [None] * 3, "1 was stored with its batch; 2 and 3 go now"
+    assert producer.sent == [[seq(0), seq(1)], [seq(2), seq(3)]]
