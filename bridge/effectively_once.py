@@ -15,7 +15,9 @@ Handing a partition over. A failover subscription moves a partition between proc
 (one stopped, killed, or joining), and only one producer of a name may be connected: the
 new owner's is refused (ProducerBusy) while the old one's is open. So a line with nothing
 in progress closes its producer after ``IDLE_CLOSE_S``, and opening one retries
-ProducerBusy with backoff; the new owner then learns the last id the old one stored.
+ProducerBusy with backoff; the new owner then learns the last id the old one stored. A
+halted line lets go too (its handed-back events may now be another process's): its halt
+is kept for the partition's next line, which drops it once the broker has stored past it.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class EffectivelyOnce:
         self._lines: dict[str, PartitionLine] = {}
         self._opening: dict[str, asyncio.Future[PartitionLine]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # The handed-back ids of a halted line that let go of its producer, for the next.
+        self._handed_back: dict[str, set[int]] = {}
 
     def producer_name(self, source_topic: str) -> str:
         """Stable across restarts and processes: the broker keys deduplication on it."""
@@ -134,7 +138,10 @@ class EffectivelyOnce:
         finally:
             self._opening.pop(topic, None)
         line = PartitionLine(
-            publisher, on_idle=lambda line: self._idle_soon(topic, line), partition=topic
+            publisher,
+            handed_back=self._handed_back.pop(topic, set()),
+            on_idle=lambda line: self._idle_soon(topic, line),
+            partition=topic,
         )
         self._lines[topic] = line
         log.info(
@@ -168,12 +175,14 @@ class EffectivelyOnce:
         loop.call_later(IDLE_CLOSE_S, self._close_if_idle, topic, line)
 
     def _close_if_idle(self, topic: str, line: PartitionLine) -> None:
-        if self._lines.get(topic) is not line or not line.idle or line.halted_at is not None:
-            # A halted line keeps its producer: closing it would forget the halt, and the
-            # handed-back event, once redelivered, would sit below later stored ids.
+        if self._lines.get(topic) is not line or not line.idle:
             return
-        # Let go of the name, so whoever owns the partition next can open it.
+        # Let go of the name, so whoever owns the partition next can open it. A halted
+        # line's halt goes on to the next line: forgotten, a later event redelivered first
+        # would be stored above the handed-back one, which would then count as stored.
         del self._lines[topic]
+        if line.halted_at is not None:
+            self._handed_back[topic] = set(line.handed_back)
         task = asyncio.get_running_loop().create_task(line.close())
         track(self._closing, task, route=self._route, source_partition=topic)
 

@@ -264,6 +264,68 @@ async def test_an_idle_line_lets_go_of_its_producer_and_reopens_on_demand(
     assert len(opened) == 2, "opened again for the next event"
 
 
+async def test_a_halted_line_lets_go_of_its_producer_and_the_next_line_keeps_the_halt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bridge.effectively_once.IDLE_CLOSE_S", 0.01)
+    closed = asyncio.Event()
+    producers: list[ScriptedProducer] = []
+
+    class ClosingProducer(ScriptedProducer):
+        async def close(self) -> None:
+            closed.set()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        producers.append(ClosingProducer(last=producers[-1].last_sequence_id if producers else -1))
+        return cast(SequencedPublisher, producers[-1])
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    one, two = cast(Received, FakeReceived(1)), cast(Received, FakeReceived(2))
+    assert await eo.admit(one) == "new"
+    assert await eo.admit(two) == "new"
+    eo.ended(one, nacked=True)  # handed back: the partition may move to another process
+    assert isinstance((await eo.publish_all([(two, msg(2))]))[0], BrokerError), "halted at 1"
+    eo.ended(two, nacked=True)
+    await asyncio.wait_for(closed.wait(), timeout=5)  # the name is free for a new owner
+
+    assert await eo.admit(two) == "new", "2 redelivered first, to this process again"
+    assert isinstance((await eo.publish_all([(two, msg(2))]))[0], BrokerError), "still halted"
+    assert len(producers) == 2, "the next line has a producer of its own"
+    assert producers[1].sent == []
+    eo.ended(two, nacked=True)
+    assert await eo.admit(one) == "new"
+    assert await eo.admit(two) == "new"
+    assert await eo.publish_all([(one, msg(1)), (two, msg(2))]) == [None, None]
+    assert [s for call in producers[1].sent for s in call] == [seq(1), seq(2)]
+
+
+async def test_a_kept_halt_ends_once_the_broker_stored_past_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While this process let go, another owned the partition and stored the handed-back
+    event's result: the next line here learns so from the broker and is not halted."""
+    monkeypatch.setattr("bridge.effectively_once.IDLE_CLOSE_S", 0.01)
+    closed = asyncio.Event()
+    lasts = [-1, seq(5)]  # the second producer opens after another owner stored up to 5
+
+    class ClosingProducer(ScriptedProducer):
+        async def close(self) -> None:
+            closed.set()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        return cast(SequencedPublisher, ClosingProducer(last=lasts.pop(0)))
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    one = cast(Received, FakeReceived(1))
+    assert await eo.admit(one) == "new"
+    eo.ended(one, nacked=True)
+    await asyncio.wait_for(closed.wait(), timeout=5)
+    assert await eo.admit(one) == "stored", "stored by the other owner: acked"
+    six = cast(Received, FakeReceived(6))
+    assert await eo.admit(six) == "new"
+    assert await eo.publish_all([(six, msg(6))]) == [None]
+
+
 class RaisingProducer(ScriptedProducer):
     """Raises from its first send instead of answering with outcomes."""
 
