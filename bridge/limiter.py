@@ -173,7 +173,7 @@ class Slot:
     def __init__(self, limiter: EndpointLimiter, started: float) -> None:
         self._limiter = limiter
         self._started = started
-        self._in_flight = limiter.in_flight  # at the start, this request included
+        self._in_flight = limiter.at_endpoint  # at the start, this request included
         self._ended = False
 
     def success(self, events: int) -> None:
@@ -217,6 +217,9 @@ class EndpointLimiter:
         self.limit = limit
         self.clock = clock
         self.in_flight = 0
+        # Slots taken but still waiting for a rate token: not at the endpoint, so not a
+        # sign the limit holds traffic back (or of the concurrency a 429 answers).
+        self._pacing = 0
         self.paused_until = -math.inf
         self.pauses = 0
         self._waiters: list[asyncio.Future[None]] = []
@@ -256,15 +259,23 @@ class EndpointLimiter:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
         self.in_flight += 1
+        self._pacing += 1
         try:
             if self._requests is not None:
                 await self._requests.acquire(1)
             if self._events is not None:
                 await self._events.acquire(min(events, self._events.max_rate))
         except BaseException:
+            self._pacing -= 1
             self.release()
             raise
+        self._pacing -= 1
         return Slot(self, self.clock())
+
+    @property
+    def at_endpoint(self) -> int:
+        """Requests sent or about to be: the slots taken, less those waiting for a rate token."""
+        return self.in_flight - self._pacing
 
     def pause(self, seconds: float) -> None:
         """``Retry-After``: no request leaves for this endpoint for ``seconds``."""
@@ -276,7 +287,7 @@ class EndpointLimiter:
 
     def sample(self, latency_per_event_s: float, rtt_s: float) -> None:
         before = self.limit.current
-        self.limit.on_success(latency_per_event_s, rtt_s, self.in_flight + 1)
+        self.limit.on_success(latency_per_event_s, rtt_s, self.at_endpoint + 1)
         if self.limit.current != before:
             self._wake()
 

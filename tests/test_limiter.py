@@ -255,6 +255,29 @@ def test_try_acquire_leaves_pauses_and_rate_caps_to_acquire() -> None:
     assert paused.in_flight == 0
 
 
+async def test_a_slot_waiting_for_a_rate_token_is_not_counted_at_the_endpoint() -> None:
+    """The rate cap, not the limit, holds it back: counted as outstanding, it would make a
+    rate-capped endpoint look saturated and grow the limit to its ceiling."""
+    seen: list[int] = []
+
+    class Recording(FixedLimit):
+        def on_success(self, latency_per_event_s: float, rtt_s: float, in_flight: int) -> None:
+            seen.append(in_flight)
+
+    limiter = EndpointLimiter("m", Recording(4), requests_per_s=1.0)
+    sent = await limiter.acquire(1)  # the bucket's one token
+    pacing = asyncio.ensure_future(limiter.acquire(1))  # the next token is a second away
+    await asyncio.sleep(0)
+    assert limiter.in_flight == 2, "its slot is taken"
+    assert limiter.at_endpoint == 1
+    sent.success(1)
+    assert seen == [1], "the sample saw one request at the endpoint, itself"
+    pacing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pacing
+    assert (limiter.in_flight, limiter.at_endpoint) == (0, 0)
+
+
 async def test_adaptive_limit_changes_are_reported() -> None:
     seen: list[int] = []
     limiter = EndpointLimiter(
