@@ -266,10 +266,10 @@ class EndpointLimiter:
             if self._events is not None:
                 await self._events.acquire(min(events, self._events.max_rate))
         except BaseException:
-            self._pacing -= 1
             self.release()
             raise
-        self._pacing -= 1
+        finally:
+            self._pacing -= 1
         return Slot(self, self.clock())
 
     @property
