@@ -19,6 +19,7 @@ import _pulsar
 import pulsar
 import pulsar.asyncio as pulsar_asyncio
 
+from bridge.closing import close_off_loop
 from bridge.config_bridge import PulsarOAuth2Auth, PulsarSettings, PulsarTokenAuth
 from bridge.config_route import SourceSettings
 from bridge.errors import BrokerError
@@ -208,16 +209,17 @@ class PulsarConnection:
     async def close(self) -> None:
         """Close the client: its producers, consumers and connections.
 
-        The blocking close, in a thread, rather than pulsar.asyncio's: the C++ client
-        completes a close from a detached thread of its own, which then drops the callback
-        it was given. pulsar.asyncio's callback is a Python object, and dropping it needs
-        the GIL; when the process is already exiting by then, that thread dies inside a
-        destructor and the process aborts ("terminate called without an active
-        exception", or a segfault: 8 of 150 runs of open, close and exit here; the
-        blocking close, whose callback is C++ only, 0 of 150; apache/pulsar-client-python#256).
+        The blocking close, on a thread and bounded (:mod:`bridge.closing`), rather than
+        pulsar.asyncio's: the C++ client completes a close from a detached thread of its
+        own, which then drops the callback it was given. pulsar.asyncio's callback is a
+        Python object, and dropping it needs the GIL; when the process is already exiting
+        by then, that thread dies inside a destructor and the process aborts ("terminate
+        called without an active exception", or a segfault: 8 of 150 runs of open, close
+        and exit here; the blocking close, whose callback is C++ only, 0 of 150;
+        apache/pulsar-client-python#256).
         """
         try:
-            await asyncio.to_thread(self._client._client.close)
+            await close_off_loop(self._client._client.close, "closing the Pulsar client")
         except _pulsar.PulsarException as exc:
             raise BrokerError(f"closing the Pulsar client failed: {exc}") from exc
 

@@ -15,6 +15,7 @@ import _pulsar
 import pulsar.asyncio as pulsar_asyncio
 import structlog
 
+from bridge.closing import close_off_loop
 from bridge.errors import BrokerError
 
 log = structlog.get_logger("bridge.pulsar")
@@ -202,6 +203,6 @@ class TopicReader:
 
     async def close(self) -> None:
         try:
-            await asyncio.to_thread(self._reader.close)
+            await close_off_loop(self._reader.close, f"closing the reader of {self.topic}")
         except _pulsar.PulsarException as exc:
             raise BrokerError(f"closing the reader of {self.topic} failed: {exc}") from exc
