@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pulsar
@@ -202,8 +203,11 @@ def test_tail_follow_prints_messages_as_they_arrive_until_interrupted(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A Python that prints every thread's stack on SIGABRT: see _exit_code.
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     lines = _lines_of(process)
+    stderr = _drained(process)
     try:
         # The first line means the reader has read what was there: the rest is new.
         assert json.loads(next(lines))["payload"] == '{"n": 0}'
@@ -211,11 +215,53 @@ def test_tail_follow_prints_messages_as_they_arrive_until_interrupted(
         assert [json.loads(next(lines))["key"] for _ in range(2)] == ["b", None]
     finally:
         process.send_signal(signal.SIGINT)
-        code = process.wait(30)
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
-    assert code == 0
+        code = _exit_code(process, stderr)
+        assert process.stdout is not None
+        process.stdout.close()
+    assert code == 0, "".join(stderr.lines)
+
+
+class _Drained:
+    """A process's stderr, read to its end by a thread (a pipe nobody reads can fill and
+    stop the process), kept for the failure message."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        with pipe:
+            self.lines.extend(pipe)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _drained(process: subprocess.Popen[str]) -> _Drained:
+    assert process.stderr is not None
+    return _Drained(process.stderr)
+
+
+def _exit_code(process: subprocess.Popen[str], stderr: _Drained, timeout: float = 30) -> int:
+    """The process's exit code. One still running after ``timeout`` s is made to print every
+    thread's stack (faulthandler, on SIGABRT) and the test fails with what it printed."""
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr.join(10)
+        pytest.fail(
+            f"still running {timeout:g} s after SIGINT; its stderr and stacks:\n"
+            + "".join(stderr.lines)[-8000:]
+        )
+    stderr.join(10)
+    return code
 
 
 def _lines_of(process: subprocess.Popen[str], timeout: float = 60) -> Iterator[str]:
