@@ -79,6 +79,17 @@ class ScriptedProducer:
         return None
 
 
+class ClosingProducer(ScriptedProducer):
+    """A scripted producer whose close sets ``closed``."""
+
+    def __init__(self, closed: asyncio.Event, last: int = -1) -> None:
+        super().__init__(last)
+        self._closed = closed
+
+    async def close(self) -> None:
+        self._closed.set()
+
+
 def _entry(data: bytes) -> int:
     """The id of the result ``msg`` made (-1 for another payload)."""
     try:
@@ -247,13 +258,9 @@ async def test_an_idle_line_lets_go_of_its_producer_and_reopens_on_demand(
     closed = asyncio.Event()
     opened: list[str] = []
 
-    class ClosingProducer(ScriptedProducer):
-        async def close(self) -> None:
-            closed.set()
-
     async def open_producer(name: str) -> SequencedPublisher:
         opened.append(name)
-        return cast(SequencedPublisher, ClosingProducer())
+        return cast(SequencedPublisher, ClosingProducer(closed))
 
     eo = EffectivelyOnce("fraud", "sub", open_producer)
     received = cast(Received, FakeReceived(1))
@@ -271,12 +278,9 @@ async def test_a_halted_line_lets_go_of_its_producer_and_the_next_line_keeps_the
     closed = asyncio.Event()
     producers: list[ScriptedProducer] = []
 
-    class ClosingProducer(ScriptedProducer):
-        async def close(self) -> None:
-            closed.set()
-
     async def open_producer(name: str) -> SequencedPublisher:
-        producers.append(ClosingProducer(last=producers[-1].last_sequence_id if producers else -1))
+        last = producers[-1].last_sequence_id if producers else -1
+        producers.append(ClosingProducer(closed, last))
         return cast(SequencedPublisher, producers[-1])
 
     eo = EffectivelyOnce("fraud", "sub", open_producer)
@@ -308,12 +312,8 @@ async def test_a_kept_halt_ends_once_the_broker_stored_past_it(
     closed = asyncio.Event()
     lasts = [-1, seq(5)]  # the second producer opens after another owner stored up to 5
 
-    class ClosingProducer(ScriptedProducer):
-        async def close(self) -> None:
-            closed.set()
-
     async def open_producer(name: str) -> SequencedPublisher:
-        return cast(SequencedPublisher, ClosingProducer(last=lasts.pop(0)))
+        return cast(SequencedPublisher, ClosingProducer(closed, lasts.pop(0)))
 
     eo = EffectivelyOnce("fraud", "sub", open_producer)
     one = cast(Received, FakeReceived(1))
