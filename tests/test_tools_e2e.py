@@ -8,6 +8,7 @@ marker holds nothing else), never by waiting for silence.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -198,14 +199,15 @@ def test_tail_follow_prints_messages_as_they_arrive_until_interrupted(
     pulsar_client: pulsar.Client, topics: Topics, config_dir: Path
 ) -> None:
     send_each(pulsar_client, topics.result, [(b'{"n": 0}', {"route": "fraud"}, "a")])
-    process = subprocess.Popen(
-        [*_command(config_dir, "tail"), "--topic", topics.result, "--follow", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # A Python that prints every thread's stack on SIGABRT: see _exit_code.
-        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
-    )
+    with _sigint_not_ignored():
+        process = subprocess.Popen(
+            [*_command(config_dir, "tail"), "--topic", topics.result, "--follow", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A Python that prints every thread's stack on SIGABRT: see _exit_code.
+            env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        )
     lines = _lines_of(process)
     stderr = _drained(process)
     try:
@@ -219,6 +221,22 @@ def test_tail_follow_prints_messages_as_they_arrive_until_interrupted(
         assert process.stdout is not None
         process.stdout.close()
     assert code == 0, "".join(stderr.lines)
+
+
+@contextlib.contextmanager
+def _sigint_not_ignored() -> Iterator[None]:
+    """A process started inside gets SIGINT as it would from a terminal.
+
+    A test run started in the background by a non-interactive shell (``cmd &``) has SIGINT
+    ignored, and an ignored signal stays ignored across exec: the child's Python then
+    installs no KeyboardInterrupt handler and SIGINT does nothing to it, as Unix means for a
+    background job. With a handler set here instead, the child starts with the default.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 class _Drained:
