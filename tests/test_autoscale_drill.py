@@ -154,7 +154,7 @@ class Drill:
 
 @pytest.mark.integration
 @pytest.mark.chaos
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 @APACHE_ONLY
 def test_backlog_autoscaling_goes_1_3_1_under_steady_load_and_loses_nothing(
     pulsar_client: pulsar.Client,

@@ -115,7 +115,7 @@ def chaos_broker(broker: Broker, tmp_path: Path) -> Iterator[Broker]:
         yield broker
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_zero_loss_under_chaos(chaos_broker: Broker, tmp_path: Path) -> None:
     started = time.monotonic()
     topics = Topics()

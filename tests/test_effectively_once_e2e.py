@@ -161,7 +161,7 @@ def test_a_route_is_refused_when_the_result_topic_has_no_deduplication(
 @APACHE_ONLY
 @pytest.mark.integration
 @pytest.mark.chaos
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_no_duplicate_results_through_crashes_restarts_and_a_failover(
     pulsar_client: pulsar.Client,
     apache_broker: ApachePulsarBroker,
