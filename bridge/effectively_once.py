@@ -17,7 +17,10 @@ new owner's is refused (ProducerBusy) while the old one's is open. So a line wit
 in progress closes its producer after ``IDLE_CLOSE_S``, and opening one retries
 ProducerBusy with backoff; the new owner then learns the last id the old one stored. A
 halted line lets go too (its handed-back events may now be another process's): its halt
-is kept for the partition's next line, which drops it once the broker has stored past it.
+is kept for the partition's next line here, which ends it when a handed-back event comes
+back or once the broker has stored past it. Left open: if another owner dead-letters a
+handed-back event and stores nothing after it, and the partition then comes back here,
+nothing ends the halt until this process restarts.
 """
 
 from __future__ import annotations
@@ -144,6 +147,9 @@ class EffectivelyOnce:
             partition=topic,
         )
         self._lines[topic] = line
+        # A line may never hold an id (every event it sees already stored, as after a
+        # failover): only a drop schedules the idle check, so schedule one now too.
+        self._idle_soon(topic, line)
         log.info(
             "result_producer_opened",
             route=self._route,

@@ -271,6 +271,22 @@ async def test_an_idle_line_lets_go_of_its_producer_and_reopens_on_demand(
     assert len(opened) == 2, "opened again for the next event"
 
 
+async def test_a_line_that_only_saw_stored_events_lets_go_of_its_producer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a failover the new owner may see only events the old one stored: acked at
+    once, they never hold an id, and the name must still be let go for the next owner."""
+    monkeypatch.setattr("bridge.effectively_once.IDLE_CLOSE_S", 0.01)
+    closed = asyncio.Event()
+
+    async def open_producer(name: str) -> SequencedPublisher:
+        return cast(SequencedPublisher, ClosingProducer(closed, seq(5)))
+
+    eo = EffectivelyOnce("fraud", "sub", open_producer)
+    assert await eo.admit(cast(Received, FakeReceived(1))) == "stored"
+    await asyncio.wait_for(closed.wait(), timeout=5)
+
+
 async def test_a_halted_line_lets_go_of_its_producer_and_the_next_line_keeps_the_halt(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
