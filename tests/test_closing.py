@@ -30,19 +30,26 @@ async def test_a_close_that_never_returns_is_given_up_on_and_leaves_a_daemon_thr
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("bridge.closing.CLOSE_BOUND_S", 0.05)
-    release = threading.Event()
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    entered, release = threading.Event(), threading.Event()
     stuck: list[threading.Thread] = []
 
     def hang() -> None:
         stuck.append(threading.current_thread())
+        entered.set()
         release.wait()
 
     try:
         with pytest.raises(BrokerError, match="closing the reader of t did not finish within"):
             await close_off_loop(hang, "closing the reader of t")
+        assert entered.wait(5)
         assert stuck[0].daemon, "the interpreter's exit does not wait for it"
         assert stuck[0].is_alive()
     finally:
         release.set()
     stuck[0].join(timeout=5)
-    await asyncio.sleep(0)  # its late outcome lands on a future given up on: nothing raised
+    for _ in range(3):  # the late outcome's callback runs on the loop
+        await asyncio.sleep(0)
+    assert unhandled == [], "an outcome for a future given up on is dropped, not raised"
